@@ -30,9 +30,23 @@ from cellsynth.io import Pair, check_same_shape
 log = logging.getLogger(__name__)
 
 TABLE_COLUMNS = (
-    "image", "label", "z", "area", "volume", "equivalent_diameter", "equivalent_diameter_um",
-    "z_extent", "z_extent_um", "eccentricity", "solidity", "perimeter", "mean_intensity",
-    "centroid_y", "centroid_x", "scale", "touches_border",
+    "image",
+    "label",
+    "z",
+    "area",
+    "volume",
+    "equivalent_diameter",
+    "equivalent_diameter_um",
+    "z_extent",
+    "z_extent_um",
+    "eccentricity",
+    "solidity",
+    "perimeter",
+    "mean_intensity",
+    "centroid_y",
+    "centroid_x",
+    "scale",
+    "touches_border",
 )
 MORPHOLOGY_FEATURES = ("area", "perimeter", "eccentricity", "solidity", "equivalent_diameter")
 PERCENTILES = (0.1, 1.0, 5.0, 50.0, 95.0, 99.0, 99.9)
@@ -154,8 +168,15 @@ def cell_table(
     name: str = "",
 ) -> dict[str, np.ndarray]:
     """Per-cell morphology and intensity of one label image (2D or 3D). No crops."""
-    table, _, _ = _measure(labels, image, voxel_size=voxel_size, annotated_slices=annotated_slices,
-                           name=name, crop_size=None, intensity=None)
+    table, _, _ = _measure(
+        labels,
+        image,
+        voxel_size=voxel_size,
+        annotated_slices=annotated_slices,
+        name=name,
+        crop_size=None,
+        intensity=None,
+    )
     return table
 
 
@@ -183,15 +204,22 @@ def build_atlas(
         check_same_shape(p.image, p.labels, p.image_path, p.labels_path)
         ndims.add(p.labels.ndim)
     if len(ndims) > 1:
-        raise CellsynthInputError("mixes 2D images and 3D stacks; build one atlas per kind",
-                                  pairs[0].image_path)
+        raise CellsynthInputError(
+            "mixes 2D images and 3D stacks; build one atlas per kind", pairs[0].image_path
+        )
     stats = intensity_stats(pairs)
     masks, crops = [], []
     tables: list[dict[str, np.ndarray]] = []
     for i, p in enumerate(pairs):
         t, m, c = _measure(
-            p.labels, p.image, voxel_size=p.voxel_size, annotated_slices=p.annotated_slices,
-            name=p.name, crop_size=crop_size, intensity=stats, margin=margin,
+            p.labels,
+            p.image,
+            voxel_size=p.voxel_size,
+            annotated_slices=p.annotated_slices,
+            name=p.name,
+            crop_size=crop_size,
+            intensity=stats,
+            margin=margin,
         )
         keep = t["area"] >= min_area
         if exclude_border:
@@ -231,8 +259,12 @@ def summarise(atlas: CellAtlas) -> dict[str, Any]:
     for k in ("area", "equivalent_diameter", "z_extent", "eccentricity", "solidity"):
         v = t[k][np.isfinite(t[k])]
         if v.size:
-            out[k] = {"mean": float(v.mean()), "std": float(v.std()),
-                      "p5": float(np.percentile(v, 5)), "p95": float(np.percentile(v, 95))}
+            out[k] = {
+                "mean": float(v.mean()),
+                "std": float(v.std()),
+                "p5": float(np.percentile(v, 5)),
+                "p95": float(np.percentile(v, 95)),
+            }
     return out
 
 
@@ -253,7 +285,7 @@ def _measure(
     if labels.ndim not in (2, 3):
         raise CellsynthInputError(f"labels must be 2D or 3D, got shape {labels.shape}", name)
     vs = tuple(voxel_size) if voxel_size else (1.0,) * labels.ndim
-    vs = vs[-labels.ndim:] if len(vs) >= labels.ndim else (1.0,) * (labels.ndim - len(vs)) + vs
+    vs = vs[-labels.ndim :] if len(vs) >= labels.ndim else (1.0,) * (labels.ndim - len(vs)) + vs
     rows: dict[str, list[Any]] = {k: [] for k in TABLE_COLUMNS}
     mask_crops: list[np.ndarray] = []
     img_crops: list[np.ndarray] = []
@@ -279,8 +311,9 @@ def _measure(
         per_slice: dict[int, list[int]] = {}
         for lab_id, (z, _) in entries:
             per_slice.setdefault(z, []).append(lab_id)
-        slices_2d = [(z, labels[z], image[z] if image is not None else None)
-                     for z in sorted(per_slice)]
+        slices_2d = [
+            (z, labels[z], image[z] if image is not None else None) for z in sorted(per_slice)
+        ]
     assert slices_2d is not None
     for z, lab2, img2 in slices_2d:
         props = regionprops(lab2, intensity_image=img2)
@@ -327,8 +360,9 @@ def _measure(
                 mask_crops.append(m)
                 img_crops.append(c)
     table = {
-        k: np.asarray(v, dtype=object if k == "image" else (bool if k == "touches_border"
-                                                             else None))
+        k: np.asarray(
+            v, dtype=object if k == "image" else (bool if k == "touches_border" else None)
+        )
         for k, v in rows.items()
     }
     for k in TABLE_COLUMNS:
@@ -359,7 +393,10 @@ def _crop(
     cy, cx = (prop.bbox[0] + prop.bbox[2]) / 2.0, (prop.bbox[1] + prop.bbox[3]) / 2.0
     half = side / 2.0 + 2.0
     y0, x0 = max(int(cy - half), 0), max(int(cx - half), 0)
-    y1, x1 = min(int(np.ceil(cy + half)), lab2.shape[0]), min(int(np.ceil(cx + half)), lab2.shape[1])
+    y1, x1 = (
+        min(int(np.ceil(cy + half)), lab2.shape[0]),
+        min(int(np.ceil(cx + half)), lab2.shape[1]),
+    )
     step = side / size
     grid = (np.arange(size) + 0.5) * step - side / 2.0
     yy, xx = np.meshgrid(cy + grid - 0.5 - y0, cx + grid - 0.5 - x0, indexing="ij")

@@ -64,8 +64,14 @@ def cmd_info(args: argparse.Namespace) -> int:
         cols.append("annotated_slices")
     print_table(rows, [c for c in cols if any(c in r for r in rows)])
     total = sum(r.get("cells", 0) for r in rows)
-    summary = {"path": str(ds.root), "kind": ds.kind, "n_items": len(rows),
-               "n_labelled": sum("cells" in r for r in rows), "n_cells": total, "items": rows}
+    summary = {
+        "path": str(ds.root),
+        "kind": ds.kind,
+        "n_items": len(rows),
+        "n_labelled": sum("cells" in r for r in rows),
+        "n_cells": total,
+        "items": rows,
+    }
     if args.json:
         from cellsynth.io import write_json
 
@@ -78,20 +84,25 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from cellsynth.io import read_dataset, write_json
     from cellsynth.metrics import evaluate_datasets
 
-    pred = read_dataset(args.pred)
-    ref = read_dataset(args.gt)
+    pred = read_dataset(args.pred, labels_only=True)
+    ref = read_dataset(args.gt, labels_only=True)
     for ds, what in ((pred, "PRED"), (ref, "GT")):
         if not ds.labelled():
             raise CellsynthInputError(f"{what} holds no label images", ds.root)
     ev = evaluate_datasets(pred, ref)
-    print_table(ev.rows(), ["name", "n_reference", "n_predicted", "SEG", "AP50", "AP75", "AP90",
-                            "bPQ"])
+    print_table(
+        ev.rows(), ["name", "n_reference", "n_predicted", "SEG", "AP50", "AP75", "AP90", "bPQ"]
+    )
     if ev.unmatched_predictions:
-        log.warning("predictions without a reference frame (ignored): %s",
-                    ", ".join(ev.unmatched_predictions[:10]))
+        log.warning(
+            "predictions without a reference frame (ignored): %s",
+            ", ".join(ev.unmatched_predictions[:10]),
+        )
     if ev.unmatched_references:
-        log.warning("reference frames without a prediction (not scored): %s",
-                    ", ".join(ev.unmatched_references[:10]))
+        log.warning(
+            "reference frames without a prediction (not scored): %s",
+            ", ".join(ev.unmatched_references[:10]),
+        )
     summary = ev.summary()
     if args.json:
         write_json(args.json, _json_safe({"summary": summary, "frames": ev.rows()}))
@@ -114,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
-        "info", help="describe what cellsynth reads from a file or folder",
+        "info",
+        help="describe what cellsynth reads from a file or folder",
         description="Read a TIFF/PNG file, a dataset folder (images/ + labels/) or a Cell "
         "Tracking Challenge folder and list shapes, dtypes, cell counts and voxel size. The last "
         "line of output is a JSON summary.",
@@ -124,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
-        "evaluate", help="score predicted labels against reference labels (SEG, AP, bPQ)",
+        "evaluate",
+        help="score predicted labels against reference labels (SEG, AP, bPQ)",
         description="Compare predicted instance labels with reference labels. PRED and GT are "
         "each a TIFF, a dataset folder or a CTC folder; frames are paired by name, then by frame "
         "number (t013.tif <-> man_seg013.tif). Prints a per-image table and, as the last line, "
@@ -132,8 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("pred", type=Path, help="predicted labels (file or folder)")
     p.add_argument("gt", type=Path, help="reference labels (file or folder)")
-    p.add_argument("--json", type=Path, metavar="FILE",
-                   help="also write summary and per-image rows here")
+    p.add_argument(
+        "--json", type=Path, metavar="FILE", help="also write summary and per-image rows here"
+    )
     p.set_defaults(func=cmd_evaluate)
     return parser
 

@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png")
 TIFF_SUFFIXES = (".tif", ".tiff")
 LABEL_DIR_NAMES = ("labels", "masks", "SEG", "seg", "gt", "GT", "TRA")
-_LABEL_STEM = re.compile(r"^(man_seg|man_track|mask|masks|label|labels|seg)[_-]?\d*|"
-                         r"[_-](mask|masks|label|labels|seg|gt)$", re.IGNORECASE)
+_LABEL_STEM = re.compile(
+    r"^(man_seg|man_track|mask|masks|label|labels|seg)[_-]?\d*|"
+    r"[_-](mask|masks|label|labels|seg|gt)$",
+    re.IGNORECASE,
+)
 _CTC_SPARSE = re.compile(r"^man_seg_?(\d+)_(\d+)$")
 _CTC_DENSE = re.compile(r"^(?:man_seg|man_track|mask)_?(\d+)$")
 _TRAILING_INT = re.compile(r"(\d+)(?!.*\d)")
@@ -105,7 +108,9 @@ def _read_tiff(path: Path) -> ImageData:
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
-                raise CellsynthInputError("TIFF file holds no image", path)
+                raise CellsynthInputError(
+                    "TIFF file holds no image, it may be corrupt or truncated", path
+                )
             series = tif.series[0]
             data = series.asarray()
             axes = _normalise_axes(series.axes, data.shape)
@@ -147,7 +152,9 @@ def _squeeze_unknown(img: ImageData) -> ImageData:
     keep = [i for i, a in enumerate(img.axes) if a != "_"]
     drop = tuple(i for i, a in enumerate(img.axes) if a == "_")
     return ImageData(
-        np.squeeze(img.data, axis=drop), "".join(img.axes[i] for i in keep), img.voxel_size,
+        np.squeeze(img.data, axis=drop),
+        "".join(img.axes[i] for i in keep),
+        img.voxel_size,
         img.path,
     )
 
@@ -264,14 +271,15 @@ def validate_labels(
         split = cc_label(labels > 0, connectivity=1)
         if split.max() > 1:
             log.warning(
-                "%s: binary mask (one foreground value) split into %d cells by connected "
+                "%s: binary mask (one foreground value) split into %s cells by connected "
                 "components; touching cells stay merged",
                 where,
                 split.max(),
             )
             labels = split
-    return labels.astype(np.uint16 if labels.max() <= np.iinfo(np.uint16).max else np.uint32,
-                         copy=False)
+    return labels.astype(
+        np.uint16 if labels.max() <= np.iinfo(np.uint16).max else np.uint32, copy=False
+    )
 
 
 def _is_binary(labels: np.ndarray, hi: int) -> bool:
@@ -317,6 +325,7 @@ class Pair:
     slice_paths: dict[int, Path] = field(default_factory=dict)
     voxel_size: tuple[float, ...] | None = None
     key: int | str | None = None
+    depth: int | None = None  # number of slices, for slice-wise labels without an image
     _image: np.ndarray | None = field(default=None, repr=False)
     _labels: np.ndarray | None = field(default=None, repr=False)
     _axes: str | None = field(default=None, repr=False)
@@ -367,8 +376,8 @@ class Pair:
             if self.has_image:
                 _ = self.image
             else:
-                self._axes = "ZYX"[-self.labels.ndim:] if self.labels.ndim <= 3 else "TZYX"
-        return self._axes or "ZYX"[-self.image.ndim:]
+                self._axes = "ZYX"[-self.labels.ndim :] if self.labels.ndim <= 3 else "TZYX"
+        return self._axes or "ZYX"[-self.image.ndim :]
 
     @property
     def labels(self) -> np.ndarray:
@@ -387,13 +396,29 @@ class Pair:
             else:
                 raise CellsynthInputError(f"{self.name} has no labels")
             if self.has_image:
-                check_same_shape(self.image, self._labels, self.image_path, self.labels_path
-                                 or next(iter(self.slice_paths.values()), None))
+                check_same_shape(
+                    self._spatial_image(),
+                    self._labels,
+                    self.image_path,
+                    self.labels_path or next(iter(self.slice_paths.values()), None),
+                )
         return self._labels
+
+    def _spatial_image(self) -> np.ndarray:
+        """The image without its colour axis (for shape checks; RGB is allowed here)."""
+        if self._image is not None:
+            return self._image
+        img = read_display_image(self.image_path)  # type: ignore[arg-type]
+        if "C" in img.axes:
+            return np.take(img.data, 0, axis=img.axes.index("C"))
+        self._image, self._axes = img.data, img.axes
+        if self.voxel_size is None and img.voxel_size is not None:
+            self.voxel_size = img.voxel_size
+        return self._image
 
     def _assemble_slices(self) -> np.ndarray:
         if self.has_image:
-            shape = self.image.shape
+            shape = self._spatial_image().shape
             require_3d(shape, self.image_path, what="slice-wise annotations (man_seg_TTT_ZZZ)")
         else:
             shape = None
@@ -403,7 +428,7 @@ class Pair:
             if sl.ndim != 2:
                 raise CellsynthInputError(f"slice annotation must be 2D, got {sl.shape}", p)
             if volume is None:
-                depth = shape[0] if shape is not None else max(self.slice_paths) + 1
+                depth = shape[0] if shape is not None else (self.depth or max(self.slice_paths) + 1)
                 volume = np.zeros((depth, *sl.shape), dtype=np.uint32)
             if z >= volume.shape[0]:
                 raise CellsynthInputError(
@@ -420,15 +445,30 @@ class Pair:
     def describe(self) -> dict[str, Any]:
         """A summary for ``cellsynth info``: shapes, dtypes, cell counts, voxel size."""
         out: dict[str, Any] = {"name": self.name}
-        if self.has_image:
-            out.update(image=str(self.image_path) if self.image_path else None,
-                       shape=list(self.image.shape), axes=self.axes, dtype=str(self.image.dtype),
-                       intensity=[_num(self.image.min()), _num(self.image.max())])
+        if self._image is not None:
+            img = ImageData(self._image, self.axes, self.voxel_size, self.image_path)
+        elif self.image_path is not None:
+            img = read_display_image(self.image_path)
+            if self.voxel_size is None and img.voxel_size is not None:
+                self.voxel_size = img.voxel_size
+        else:
+            img = None
+        if img is not None:
+            out.update(
+                image=str(self.image_path) if self.image_path else None,
+                shape=list(img.data.shape),
+                axes=img.axes,
+                dtype=str(img.data.dtype),
+                intensity=[_num(img.data.min()), _num(img.data.max())],
+            )
         if self.has_labels:
             lab = self.labels
-            out.update(labels=str(self.labels_path or "") or None,
-                       labels_shape=list(lab.shape), labels_dtype=str(lab.dtype),
-                       cells=count_cells(lab, self.annotated_slices))
+            out.update(
+                labels=str(self.labels_path or "") or None,
+                labels_shape=list(lab.shape),
+                labels_dtype=str(lab.dtype),
+                cells=count_cells(lab, self.annotated_slices),
+            )
             if self.annotated_slices:
                 out["annotated_slices"] = list(self.annotated_slices)
         out["voxel_size"] = list(self.voxel_size) if self.voxel_size else None
@@ -442,7 +482,9 @@ def _num(v: Any) -> float | int:
 def count_cells(labels: np.ndarray, annotated_slices: Sequence[int] | None = None) -> int:
     """Number of distinct cells (on annotated slices, objects are counted per slice)."""
     if annotated_slices:
-        return int(sum(len(np.unique(labels[z])) - (labels[z] == 0).any() for z in annotated_slices))
+        return int(
+            sum(len(np.unique(labels[z])) - (labels[z] == 0).any() for z in annotated_slices)
+        )
     ids = np.unique(labels)
     return int(len(ids) - (ids[0] == 0 if len(ids) else 0))
 
@@ -486,7 +528,8 @@ def is_label_name(path: str | Path) -> bool:
 
 def _list_images(folder: Path) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir()
+        p
+        for p in folder.iterdir()
         if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
     )
 
@@ -495,7 +538,9 @@ def _stem(p: Path) -> str:
     return p.name.split(".")[0]
 
 
-def pair_files(images: Sequence[Path], labels: Sequence[Path]) -> list[tuple[Path | None, Path | None]]:
+def pair_files(
+    images: Sequence[Path], labels: Sequence[Path]
+) -> list[tuple[Path | None, Path | None]]:
     """Pair image and label files: same stem first, then the same frame number.
 
     Files left without a partner are returned alone (``(image, None)`` or ``(None, labels)``).
@@ -559,16 +604,23 @@ def read_dataset(
     *,
     require_labels: bool = False,
     require_images: bool = False,
+    labels_only: bool = False,
 ) -> Dataset:
     """Recognise and read ``path`` (file, dataset folder, CTC folder, folder of files).
 
     Arrays are loaded lazily; ``require_labels``/``require_images`` raise at once when some
-    pair lacks its labels/image, naming the files.
+    pair lacks its labels/image, naming the files. With ``labels_only`` (predictions to score)
+    a single file or a plain folder of files is taken as label images whatever their names.
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise CellsynthInputError("no such file or folder", path)
-    if path.is_file():
+    if labels_only and (
+        path.is_file()
+        or not ((path / "images").is_dir() or _ctc_sequences(path) or _ctc_sequence_self(path))
+    ):
+        ds = _read_labels_only(path)
+    elif path.is_file():
         ds = _read_single_file(path)
     elif _find_label_dir(path) is not None and (path / "images").is_dir():
         ds = _read_dataset_folder(path)
@@ -615,15 +667,15 @@ def _read_dataset_folder(root: Path) -> Dataset:
         name = _stem(img if img is not None else lab)  # type: ignore[arg-type]
         rec = meta.get("samples", {}).get(name, {})
         vs = tuple(rec["voxel_size"]) if rec.get("voxel_size") else voxel
-        pairs.append(Pair(name=name, image_path=img, labels_path=lab, voxel_size=vs,
-                          key=frame_key(name)))
+        pairs.append(
+            Pair(name=name, image_path=img, labels_path=lab, voxel_size=vs, key=frame_key(name))
+        )
     return Dataset(root=root, kind="dataset", pairs=pairs, meta=meta)
 
 
 def _ctc_sequences(root: Path) -> list[str]:
     return sorted(
-        d.name for d in root.iterdir()
-        if d.is_dir() and _CTC_SEQ.match(d.name) and _list_images(d)
+        d.name for d in root.iterdir() if d.is_dir() and _CTC_SEQ.match(d.name) and _list_images(d)
     )
 
 
@@ -633,7 +685,9 @@ def _ctc_sequence_self(root: Path) -> bool:
     )
 
 
-def _ctc_label_files(seq_root: Path, seq: str) -> tuple[dict[int, Path], dict[int, dict[int, Path]], str]:
+def _ctc_label_files(
+    seq_root: Path, seq: str
+) -> tuple[dict[int, Path], dict[int, dict[int, Path]], str]:
     """Dense and slice-wise label files of one sequence, GT preferred over ST."""
     for source in ("GT", "ST"):
         seg = seq_root / f"{seq}_{source}" / "SEG"
@@ -665,11 +719,17 @@ def _read_ctc(path: Path) -> Dataset:
         for img in _list_images(parent / seq):
             t = frame_key(_stem(img))
             name = f"{seq}_{_stem(img)}" if len(seqs) > 1 else _stem(img)
-            pairs.append(Pair(
-                name=name, image_path=img, labels_path=dense.get(t) if isinstance(t, int) else None,
-                slice_paths=dict(sparse.get(t, {})) if isinstance(t, int) and t not in dense else {},
-                key=t if len(seqs) == 1 else f"{seq}_{t}",
-            ))
+            pairs.append(
+                Pair(
+                    name=name,
+                    image_path=img,
+                    labels_path=dense.get(t) if isinstance(t, int) else None,
+                    slice_paths=dict(sparse.get(t, {}))
+                    if isinstance(t, int) and t not in dense
+                    else {},
+                    key=t if len(seqs) == 1 else f"{seq}_{t}",
+                )
+            )
     return Dataset(root=path, kind="ctc", pairs=pairs, meta={"label_source": sources})
 
 
@@ -695,6 +755,26 @@ def _read_flat_folder(root: Path) -> Dataset:
     return Dataset(root=root, kind="folder", pairs=pairs, meta=_read_dataset_json(root))
 
 
+def _read_labels_only(path: Path) -> Dataset:
+    files = [path] if path.is_file() else _list_images(path)
+    files = [p for p in files if is_label_name(p)] or files  # a folder of images + masks
+    pairs = []
+    sparse: dict[int, dict[int, Path]] = {}
+    for p in files:
+        if p.suffix.lower() not in IMAGE_SUFFIXES:
+            raise CellsynthInputError(
+                f"unsupported file type {p.suffix!r} (cellsynth reads .tif, .tiff and .png)", p
+            )
+        m = _CTC_SPARSE.match(_stem(p))
+        if m:
+            sparse.setdefault(int(m.group(1)), {})[int(m.group(2))] = p
+        else:
+            pairs.append(Pair(name=_stem(p), labels_path=p, key=frame_key(_stem(p))))
+    for t, slices in sorted(sparse.items()):
+        pairs.append(Pair(name=f"man_seg{t:03d}", slice_paths=slices, key=t))
+    return Dataset(root=path, kind="file" if path.is_file() else "folder", pairs=pairs)
+
+
 def _read_single_file(path: Path) -> Dataset:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise CellsynthInputError(
@@ -703,8 +783,7 @@ def _read_single_file(path: Path) -> Dataset:
     if is_label_name(path):
         m = _CTC_SPARSE.match(_stem(path))
         if m:
-            pair = Pair(name=_stem(path), slice_paths={int(m.group(2)): path},
-                        key=int(m.group(1)))
+            pair = Pair(name=_stem(path), slice_paths={int(m.group(2)): path}, key=int(m.group(1)))
         else:
             pair = Pair(name=_stem(path), labels_path=path, key=frame_key(_stem(path)))
         return Dataset(root=path, kind="file", pairs=[pair])
@@ -756,11 +835,15 @@ def write_tiff(
         if data.min() < 0 or data.max() > np.iinfo(np.uint32).max:
             raise CellsynthInputError("values do not fit in uint32", path)
         data = data.astype(np.uint32)
-    axes = axes or ("ZYX"[-data.ndim:] if data.ndim <= 3 else "TZYX"[-data.ndim:])
+    axes = axes or ("ZYX"[-data.ndim :] if data.ndim <= 3 else "TZYX"[-data.ndim :])
     spatial = "".join(a for a in axes if a in "ZYX")
     vs = tuple(float(v) for v in voxel_size) if voxel_size is not None else None
     if vs is not None and len(vs) != len(spatial):
-        vs = vs[-len(spatial):] if len(vs) > len(spatial) else (1.0,) * (len(spatial) - len(vs)) + vs
+        vs = (
+            vs[-len(spatial) :]
+            if len(vs) > len(spatial)
+            else (1.0,) * (len(spatial) - len(vs)) + vs
+        )
     kwargs: dict[str, Any] = {"compression": "zlib"}
     if vs is not None:
         kwargs["resolution"] = (1.0 / vs[-1], 1.0 / vs[-2])

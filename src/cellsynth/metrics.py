@@ -44,7 +44,9 @@ class Overlap:
 
     @property
     def iou(self) -> np.ndarray:
-        union = self.ref_sizes[self.ref_index] + self.pred_sizes[self.pred_index] - self.intersection
+        union = (
+            self.ref_sizes[self.ref_index] + self.pred_sizes[self.pred_index] - self.intersection
+        )
         return self.intersection / np.maximum(union, 1)
 
 
@@ -98,8 +100,14 @@ def panoptic_quality(reference: np.ndarray, prediction: np.ndarray) -> dict[str,
     denom = tp + 0.5 * fp + 0.5 * fn
     dq = tp / denom if denom else float("nan")
     sq = float(iou[matched].mean()) if tp else 0.0
-    return {"DQ": dq, "SQ": sq, "PQ": dq * sq if denom else float("nan"), "TP": tp, "FP": fp,
-            "FN": fn}
+    return {
+        "DQ": dq,
+        "SQ": sq,
+        "PQ": dq * sq if denom else float("nan"),
+        "TP": tp,
+        "FP": fp,
+        "FN": fn,
+    }
 
 
 def average_precision(
@@ -109,15 +117,17 @@ def average_precision(
 ) -> np.ndarray:
     """Per-image AP at each IoU threshold, shape (n_images, n_thresholds), via Cellpose."""
     from cellpose import metrics as cp_metrics
+    from skimage.segmentation import relabel_sequential
 
-    refs = [np.asarray(r).astype(np.int64, copy=False) for r in references]
-    preds = [np.asarray(p).astype(np.int64, copy=False) for p in predictions]
+    # Cellpose counts objects as max(label): labels must be 1..N without gaps
+    refs = [relabel_sequential(np.asarray(r).astype(np.int64))[0] for r in references]
+    preds = [relabel_sequential(np.asarray(p).astype(np.int64))[0] for p in predictions]
     with np.errstate(invalid="ignore", divide="ignore"):
         ap, _tp, _fp, _fn = cp_metrics.average_precision(refs, preds, threshold=list(thresholds))
     return np.asarray(ap, dtype=np.float64)
 
 
-# --------------------------------------------------------------------------- evaluation of data sets
+# ------------------------------------------------------------------ evaluation of data sets
 
 
 @dataclass
@@ -136,9 +146,14 @@ class FrameComparison:
         return self.seg_sum / self.n_reference if self.n_reference else float("nan")
 
     def row(self) -> dict[str, Any]:
-        return {"name": self.name, "n_reference": self.n_reference,
-                "n_predicted": self.n_predicted, "SEG": self.seg, **self.ap,
-                "bPQ": self.pq["PQ"]}
+        return {
+            "name": self.name,
+            "n_reference": self.n_reference,
+            "n_predicted": self.n_predicted,
+            "SEG": self.seg,
+            **self.ap,
+            "bPQ": self.pq["PQ"],
+        }
 
 
 @dataclass
@@ -189,18 +204,22 @@ def compare_frames(
     out = []
     for i, (n, r, p) in enumerate(items):
         j = seg_jaccards(r, p)
-        out.append(FrameComparison(
-            name=n,
-            n_reference=len(j),
-            n_predicted=int(len(np.unique(p)) - (p == 0).any()),
-            seg_sum=float(j.sum()),
-            ap={_ap_key(t): float(ap[i, k]) for k, t in enumerate(AP_THRESHOLDS)},
-            pq=panoptic_quality(r, p),
-        ))
+        out.append(
+            FrameComparison(
+                name=n,
+                n_reference=len(j),
+                n_predicted=int(len(np.unique(p)) - (p == 0).any()),
+                seg_sum=float(j.sum()),
+                ap={_ap_key(t): float(ap[i, k]) for k, t in enumerate(AP_THRESHOLDS)},
+                pq=panoptic_quality(r, p),
+            )
+        )
     return out
 
 
-def match_pairs(pred: Dataset, ref: Dataset) -> tuple[list[tuple[Pair, Pair]], list[str], list[str]]:
+def match_pairs(
+    pred: Dataset, ref: Dataset
+) -> tuple[list[tuple[Pair, Pair]], list[str], list[str]]:
     """Pair predicted and reference frames by name, then by frame number."""
     ref_pairs = [p for p in ref.pairs if p.has_labels]
     pred_pairs = [p for p in pred.pairs if p.has_labels]
@@ -238,7 +257,10 @@ def evaluate_datasets(pred: Dataset, ref: Dataset) -> Evaluation:
         )
     ev = Evaluation(unmatched_predictions=unmatched, unmatched_references=missing)
     for p, r in pairs:
-        pl, rl = p.labels, r.labels
+        pl = p.labels
+        if r.annotated_slices and not r.has_image and pl.ndim == 3:
+            r.depth = pl.shape[0]
+        rl = r.labels
         if pl.shape != rl.shape:
             raise CellsynthInputError(
                 f"prediction shape {pl.shape} differs from reference shape {rl.shape} of "
@@ -276,8 +298,10 @@ def realism_distances(
         if a.size < 2 or b.size < 2:
             continue
         sd = a.std() or 1.0
-        out[f] = {"w1": float(wasserstein_distance(a, b) / sd),
-                  "ks": float(ks_2samp(a, b).statistic)}
+        out[f] = {
+            "w1": float(wasserstein_distance(a, b) / sd),
+            "ks": float(ks_2samp(a, b).statistic),
+        }
     if out:
         out["mean"] = {k: float(np.mean([v[k] for v in out.values()])) for k in ("w1", "ks")}
     return out

@@ -24,27 +24,37 @@ def dataset_layers(ds: Dataset) -> list[LayerData]:
     groups: dict[tuple, list[tuple[Pair, Any]]] = defaultdict(list)
     for pair in ds.pairs:
         img = read_display_image(pair.image_path) if pair.image_path is not None else None
-        shape = img.data.shape[: img.data.ndim - (1 if "C" in img.axes else 0)] if img else \
-            pair.labels.shape
-        groups[(shape, img.data.dtype.str if img else None, "C" in img.axes if img else False)
-               ].append((pair, img))
+        shape = (
+            img.data.shape[: img.data.ndim - (1 if "C" in img.axes else 0)]
+            if img
+            else pair.labels.shape
+        )
+        groups[
+            (shape, img.data.dtype.str if img else None, "C" in img.axes if img else False)
+        ].append((pair, img))
     layers: list[LayerData] = []
     root = ds.root.name if ds.kind != "file" else ds.root.stem
     for (shape, _dtype, rgb), items in groups.items():
         pairs = [p for p, _ in items]
         many = len(items) > 1
-        base = (f"{root} {'×'.join(map(str, shape))}" if len(groups) > 1 else root) if many else \
-            pairs[0].name
+        base = (
+            (f"{root} {'×'.join(map(str, shape))}" if len(groups) > 1 else root)
+            if many
+            else pairs[0].name
+        )
         first = pairs[0]
         voxel = first.voxel_size
         if items[0][1] is not None and voxel is None:
             voxel = items[0][1].voxel_size
         axes = items[0][1].axes.replace("C", "") if items[0][1] is not None else first.axes
-        n_extra = (1 if many else 0)
+        n_extra = 1 if many else 0
         scale = _scale(voxel, len(shape) + n_extra)
-        axis_labels = (("frame",) if many else ()) + tuple(
-            {"T": "t", "Z": "z", "Y": "y", "X": "x"}.get(a, a) for a in axes
-        ) if len(axes) == len(shape) else None
+        axis_labels = (
+            (("frame",) if many else ())
+            + tuple({"T": "t", "Z": "z", "Y": "y", "X": "x"}.get(a, a) for a in axes)
+            if len(axes) == len(shape)
+            else None
+        )
         meta = {
             "cellsynth": {
                 "source": str(ds.root),
@@ -64,16 +74,21 @@ def dataset_layers(ds: Dataset) -> list[LayerData]:
             if axis_labels:
                 kw["axis_labels"] = axis_labels
             if not rgb:
-                lo, hi = np.percentile(arr[:: max(1, arr.shape[0] // 8)] if many else arr,
-                                       (0.5, 99.8))
+                lo, hi = np.percentile(
+                    arr[:: max(1, arr.shape[0] // 8)] if many else arr, (0.5, 99.8)
+                )
                 kw["contrast_limits"] = [float(lo), float(max(hi, lo + 1))]
             layers.append((arr, kw, "image"))
         if any(p.has_labels for p in pairs):
             labs = [p.labels if p.has_labels else np.zeros(shape, np.uint16) for p in pairs]
             dt = np.result_type(*[lab.dtype for lab in labs])
             lab = np.stack([lab.astype(dt, copy=False) for lab in labs]) if many else labs[0]
-            kw = {"name": f"{base} labels" if items[0][1] is not None else base,
-                  "scale": scale, "metadata": meta, "opacity": 0.5}
+            kw = {
+                "name": f"{base} labels" if items[0][1] is not None else base,
+                "scale": scale,
+                "metadata": meta,
+                "opacity": 0.5,
+            }
             if axis_labels:
                 kw["axis_labels"] = axis_labels
             layers.append((lab, kw, "labels"))

@@ -1,0 +1,89 @@
+"""Shared fixtures: small synthetic label images and data folders built on the fly.
+
+napari settings are isolated from the user's: NAPARI_CONFIG points into a temporary folder
+before napari can be imported by any test.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_napari_home = tempfile.mkdtemp(prefix="cellsynth-napari-")
+os.environ.setdefault("NAPARI_CONFIG", str(Path(_napari_home) / "settings.yaml"))
+os.environ.setdefault("NAPARI_CACHE_DIR", str(Path(_napari_home) / "cache"))
+os.environ.setdefault("CELLPOSE_LOCAL_MODELS_PATH", str(Path(_napari_home) / "cellpose"))
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import tifffile  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def disks(shape=(64, 64), centres=((16, 16), (40, 44)), radius=7, start=1) -> np.ndarray:
+    """A label image with one disk (or ball, for 3D shapes) per centre."""
+    grid = np.indices(shape)
+    labels = np.zeros(shape, np.uint16)
+    for i, c in enumerate(centres):
+        c = tuple(c) if len(c) == len(shape) else (shape[0] // 2, *c)
+        d2 = sum((g - ci) ** 2 for g, ci in zip(grid, c, strict=True))
+        labels[d2 <= radius**2] = start + i
+    return labels
+
+
+def image_for(labels: np.ndarray, seed: int = 0, dtype=np.uint16) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = 100 + 300 * (labels > 0) + rng.normal(0, 10, labels.shape)
+    return np.clip(img, 0, np.iinfo(dtype).max).astype(dtype)
+
+
+@pytest.fixture
+def labels2d() -> np.ndarray:
+    return disks()
+
+
+@pytest.fixture
+def dataset_folder(tmp_path) -> Path:
+    """images/ + labels/ with three 2D pairs of different cell counts."""
+    root = tmp_path / "ds"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    layouts = [((16, 16), (40, 44)), ((20, 20), (44, 20), (30, 48)), ((32, 32),)]
+    for i, centres in enumerate(layouts):
+        lab = disks(centres=centres)
+        tifffile.imwrite(root / "images" / f"img{i}.tif", image_for(lab, i))
+        tifffile.imwrite(root / "labels" / f"img{i}.tif", lab)
+    return root
+
+
+@pytest.fixture
+def ctc_folder(tmp_path) -> Path:
+    """A CTC challenge folder: 01/ (2D, dense GT) and 02/ (3D, one annotated slice per frame)."""
+    root = tmp_path / "Fluo-TEST"
+    for d in ("01", "01_GT/SEG", "02", "02_GT/SEG"):
+        (root / d).mkdir(parents=True)
+    for t in range(3):
+        lab = disks(centres=((16 + t, 16), (40, 44)))
+        tifffile.imwrite(root / "01" / f"t{t:03d}.tif", image_for(lab, t))
+        if t != 1:  # frame 1 has no GT, as in the challenge
+            tifffile.imwrite(root / "01_GT" / "SEG" / f"man_seg{t:03d}.tif", lab)
+    for t in range(2):
+        vol = disks(shape=(6, 64, 64), centres=((3, 20, 20), (3, 44, 40)), radius=5)
+        tifffile.imwrite(
+            root / "02" / f"t{t:03d}.tif",
+            image_for(vol, t),
+            imagej=True,
+            metadata={"axes": "ZYX", "spacing": 2.0},
+            resolution=(1 / 0.5, 1 / 0.5),
+        )
+        tifffile.imwrite(root / "02_GT" / "SEG" / f"man_seg_{t:03d}_003.tif", vol[3])
+    return root
+
+
+def shared_data(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"../shared/data/{name} is not present (fresh clone without shared data)")
+    return path

@@ -1,0 +1,202 @@
+"""Reading files, dataset folders and CTC folders; writing without overwriting."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from cellsynth.errors import CellsynthInputError
+from cellsynth.io import (
+    DatasetWriter,
+    pair_files,
+    read_array,
+    read_dataset,
+    write_tiff,
+)
+from conftest import disks, image_for
+
+
+def test_2d_tiff_is_read_with_yx_axes(tmp_path):
+    path = tmp_path / "a.tif"
+    tifffile.imwrite(path, np.zeros((20, 30), np.uint16))
+    img = read_array(path)
+    assert img.axes == "YX"
+    assert img.data.shape == (20, 30)
+    assert img.voxel_size is None
+
+
+def test_imagej_voxel_size_is_read_as_zyx(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((4, 20, 30), np.uint8),
+        imagej=True,
+        metadata={"axes": "ZYX", "spacing": 2.5, "unit": "um"},
+        resolution=(1 / 0.25, 1 / 0.25),
+    )
+    img = read_array(path)
+    assert img.axes == "ZYX"
+    assert img.voxel_size == pytest.approx((2.5, 0.25, 0.25))
+
+
+def test_ome_voxel_size_is_read(tmp_path):
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 10, 12), np.uint32),
+        ome=True,
+        metadata={"axes": "ZYX", "PhysicalSizeZ": 1.5, "PhysicalSizeY": 0.3, "PhysicalSizeX": 0.3},
+    )
+    img = read_array(path)
+    assert img.voxel_size == pytest.approx((1.5, 0.3, 0.3))
+
+
+def test_time_series_keeps_its_time_axis(tmp_path):
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(
+        path, np.zeros((5, 3, 16, 16), np.uint16), imagej=True, metadata={"axes": "TZYX"}
+    )
+    img = read_array(path)
+    assert img.axes == "TZYX"
+    assert img.data.shape == (5, 3, 16, 16)
+
+
+def test_plain_multipage_tiff_is_a_z_stack(tmp_path):
+    path = tmp_path / "pages.tif"
+    tifffile.imwrite(path, np.zeros((7, 16, 16), np.uint8))
+    assert read_array(path).axes == "ZYX"
+
+
+def test_write_tiff_round_trips_uint32_labels_and_voxel_size(tmp_path):
+    labels = np.zeros((3, 8, 8), np.uint32)
+    labels[1, 2:4, 2:4] = 70_000  # beyond uint16
+    path = write_tiff(tmp_path / "big.tif", labels, voxel_size=(2.0, 0.5, 0.5))
+    back = read_array(path)
+    assert back.data.dtype == np.uint32
+    assert back.data.max() == 70_000
+    assert back.voxel_size == pytest.approx((2.0, 0.5, 0.5))
+
+
+def test_write_tiff_uint16_voxel_size_round_trips(tmp_path):
+    path = write_tiff(
+        tmp_path / "img.tif", np.ones((4, 8, 8), np.uint16), voxel_size=(1.0, 0.2, 0.2)
+    )
+    assert read_array(path).voxel_size == pytest.approx((1.0, 0.2, 0.2))
+
+
+def test_write_tiff_never_overwrites(tmp_path):
+    path = write_tiff(tmp_path / "x.tif", np.ones((4, 4), np.uint8))
+    with pytest.raises(CellsynthInputError, match="never overwrites"):
+        write_tiff(path, np.zeros((4, 4), np.uint8))
+    assert read_array(path).data.max() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["x.tif"]  # no temporary file left
+
+
+def test_dataset_folder_pairs_images_and_labels(dataset_folder):
+    ds = read_dataset(dataset_folder, require_labels=True)
+    assert ds.kind == "dataset"
+    assert [p.name for p in ds] == ["img0", "img1", "img2"]
+    assert [len(np.unique(p.labels)) - 1 for p in ds] == [2, 3, 1]
+    assert all(p.image.shape == p.labels.shape for p in ds)
+
+
+def test_masks_folder_pairs_by_frame_number(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    lab = disks()
+    for t in (1, 21):
+        tifffile.imwrite(tmp_path / "images" / f"t{t:02d}.tif", image_for(lab))
+        tifffile.imwrite(tmp_path / "masks" / f"man_seg{t:02d}.tif", lab)
+    ds = read_dataset(tmp_path, require_labels=True)
+    assert [(p.image_path.name, p.labels_path.name) for p in ds] == [
+        ("t01.tif", "man_seg01.tif"),
+        ("t21.tif", "man_seg21.tif"),
+    ]
+
+
+def test_pair_files_matches_stems_then_numbers(tmp_path):
+    from pathlib import Path
+
+    imgs = [Path("dna-0.png"), Path("dna-12.png"), Path("img2d.tif")]
+    labs = [Path("0.png"), Path("12.png"), Path("mask2d.tif")]
+    pairs = {a.name: b.name for a, b in pair_files(imgs, labs)}
+    assert pairs == {"dna-0.png": "0.png", "dna-12.png": "12.png", "img2d.tif": "mask2d.tif"}
+
+
+def test_ctc_folder_reads_dense_gt_and_frames_without_gt(ctc_folder):
+    ds = read_dataset(ctc_folder / "01")
+    assert ds.kind == "ctc"
+    assert [p.has_labels for p in ds] == [True, False, True]
+    assert ds.pairs[0].labels.shape == (64, 64)
+
+
+def test_ctc_single_slice_annotations_become_a_sparse_volume(ctc_folder):
+    ds = read_dataset(ctc_folder / "02")
+    pair = ds.pairs[0]
+    assert pair.annotated_slices == (3,)
+    assert pair.labels.shape == (6, 64, 64)
+    assert pair.labels[3].max() > 0
+    assert pair.labels[[0, 1, 2, 4, 5]].max() == 0
+    assert pair.voxel_size == pytest.approx((2.0, 0.5, 0.5))
+
+
+def test_ctc_challenge_folder_reads_all_sequences(ctc_folder):
+    ds = read_dataset(ctc_folder)
+    assert len(ds) == 5
+    assert {p.name.split("_")[0] for p in ds} == {"01", "02"}
+
+
+def test_ctc_seg_folder_alone_is_labels_only(ctc_folder):
+    ds = read_dataset(ctc_folder / "02_GT" / "SEG")
+    assert len(ds) == 2
+    assert ds.pairs[0].annotated_slices == (3,)
+    assert not ds.pairs[0].has_image
+
+
+def test_image_file_finds_its_labels_in_sibling_folder(dataset_folder):
+    ds = read_dataset(dataset_folder / "images" / "img1.tif")
+    assert ds.pairs[0].labels_path == dataset_folder / "labels" / "img1.tif"
+
+
+def test_label_file_alone_is_read_as_labels(dataset_folder):
+    ds = read_dataset(dataset_folder / "labels" / "img1.tif")
+    assert not ds.pairs[0].has_image
+    assert ds.pairs[0].labels.max() == 3
+
+
+def test_dataset_writer_writes_pairs_and_records(tmp_path):
+    w = DatasetWriter(tmp_path / "out", voxel_size=(0.5, 0.5), origin="synthetic")
+    lab = disks()
+    name = w.free_name("synth_")
+    w.add(name, image_for(lab), lab, record={"seed": 3})
+    assert name == "synth_0000"
+    assert w.free_name("synth_") == "synth_0001"
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert meta["origin"] == "synthetic"
+    assert meta["samples"]["synth_0000"]["seed"] == 3
+    ds = read_dataset(tmp_path / "out", require_labels=True)
+    assert np.array_equal(ds.pairs[0].labels, lab)
+    assert ds.pairs[0].voxel_size == pytest.approx((0.5, 0.5))
+
+
+def test_dataset_writer_refuses_to_replace_a_sample(tmp_path):
+    w = DatasetWriter(tmp_path / "out")
+    lab = disks()
+    w.add("a", image_for(lab), lab)
+    before = (tmp_path / "out" / "labels" / "a.tif").read_bytes()
+    with pytest.raises(CellsynthInputError, match="already exists"):
+        w.add("a", image_for(lab), np.zeros_like(lab))
+    assert (tmp_path / "out" / "labels" / "a.tif").read_bytes() == before
+
+
+def test_dataset_writer_keeps_existing_records_when_reopened(tmp_path):
+    lab = disks()
+    DatasetWriter(tmp_path / "out").add("a", image_for(lab), lab, record={"status": "accepted"})
+    w2 = DatasetWriter(tmp_path / "out")
+    w2.add("b", image_for(lab), lab)
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert set(meta["samples"]) == {"a", "b"}
+    assert meta["samples"]["a"]["status"] == "accepted"
