@@ -56,6 +56,11 @@ def _json_safe(obj: Any) -> Any:
 def cmd_info(args: argparse.Namespace) -> int:
     from cellsynth.io import read_dataset
 
+    if args.path is None:
+        from cellsynth.samples import sample_dataset_path
+
+        args.path = sample_dataset_path()
+        log.info("no PATH given: describing the built-in sample data set")
     ds = read_dataset(args.path)
     rows = [p.describe() for p in ds.pairs]
     print(f"{ds.root}  ({ds.kind}, {len(rows)} item{'s' if len(rows) != 1 else ''})")
@@ -131,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Tracking Challenge folder and list shapes, dtypes, cell counts and voxel size. The last "
         "line of output is a JSON summary.",
     )
-    p.add_argument("path", type=Path, help="file or folder")
+    p.add_argument("path", type=Path, nargs="?",
+                   help="file or folder (default: the built-in CC0 nuclei data set)")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report here")
     p.set_defaults(func=cmd_info)
 
