@@ -115,6 +115,91 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
+                disable=None)
+
+
+def cmd_learn(args: argparse.Namespace) -> int:
+    from cellsynth.io import read_pairs
+    from cellsynth.learn import LearnSettings, learn
+
+    pairs = read_pairs(args.data, require_labels=True)
+    if args.three_d:
+        from cellsynth.io import require_3d
+
+        for p in pairs:
+            require_3d(p.labels.shape, p.labels_path or p.name, what="cellsynth learn --3d")
+        raise CellsynthInputError("3D shape models (--3d) are not available in this version yet")
+    settings = LearnSettings(
+        minutes=args.minutes if args.minutes and args.minutes > 0 else None,
+        mask_steps=args.mask_steps, texture_steps=args.texture_steps, seed=args.seed,
+        device=args.device, checkpoint_minutes=args.checkpoint_minutes,
+    )
+    if args.tiny:
+        settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
+        settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
+    bar = _progress_bar(100, "learning", unit="%")
+    last = None
+    try:
+        for p in learn(pairs, args.output, settings, resume=args.resume):
+            last = p
+            bar.n = round(100 * p.fraction, 1)
+            bar.set_postfix(mask=f"{p.mask_step}", texture=f"{p.texture_step}",
+                            loss=f"{p.loss:.4f}", refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"interrupted: the last checkpoint is in {args.output}; continue with --resume",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    assert last is not None
+    summary = {"bundle": str(args.output), "mask_steps": last.mask_step,
+               "texture_steps": last.texture_step, "seconds": round(last.elapsed, 1)}
+    print(f"bundle written to {args.output}")
+    print(json.dumps(summary))
+    return 0
+
+
+def _synthesis_params(args: argparse.Namespace) -> Any:
+    from cellsynth.synthesize import SynthesisParams
+
+    return SynthesisParams(size=tuple(args.size), cells=args.cells,
+                           cluster_prob=args.cluster_prob, steps=args.steps, seed=args.seed,
+                           size_factor=args.size_factor)
+
+
+def cmd_synthesize(args: argparse.Namespace) -> int:
+    from cellsynth.synthesize import synthesize
+
+    params = _synthesis_params(args)
+    bar = _progress_bar(args.n, "synthesizing", unit="pair")
+    names = []
+    for i, _n, name in synthesize(args.output, args.n, params, bundle=args.bundle,
+                                  device=args.device):
+        names.append(name)
+        bar.update(1)
+    bar.close()
+    print(f"{len(names)} pairs written to {args.output} (images/, labels/, dataset.json)")
+    print(json.dumps({"output": str(args.output), "n": len(names), "names": names}))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from cellsynth.demo import run_demo
+
+    report = run_demo(args.output, n=args.n, size=tuple(args.size), seed=args.seed,
+                      device=args.device)
+    print(f"demo data written to {report['output']}")
+    print(f"  synthetic pairs: {report['output']}/images, {report['output']}/labels")
+    print(f"  realism report:  {report['figure']}")
+    print(json.dumps(_json_safe(report["summary"])))
+    return 0
+
+
 # --------------------------------------------------------------------------- parser
 
 
@@ -155,6 +240,70 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", type=Path, metavar="FILE", help="also write summary and per-image rows here"
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "learn", help="train a generator bundle (mask + texture models) on annotated images",
+        description="Train the mask diffusion model and the mask-conditioned texture model on "
+        "images with instance labels (files, dataset folders or CTC folders) and save them as a "
+        "generator bundle. Checkpoints are written every few minutes and on Ctrl-C; --resume "
+        "continues.",
+    )
+    p.add_argument("data", type=Path, nargs="+", help="annotated data: files or folders")
+    p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
+    p.add_argument("--minutes", type=float, default=10.0,
+                   help="time budget in minutes (default 10; 0 = until the step targets)")
+    p.add_argument("--mask-steps", type=int, default=2000, help="mask model steps (max)")
+    p.add_argument("--texture-steps", type=int, default=4000, help="texture model steps (max)")
+    p.add_argument("--checkpoint-minutes", type=float, default=2.0,
+                   help="minutes between checkpoints (default 2)")
+    p.add_argument("--resume", action="store_true", help="continue training an existing bundle")
+    p.add_argument("--3d", dest="three_d", action="store_true", help="train the 3D shape models")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
+    p.set_defaults(func=cmd_learn)
+
+    def add_synthesis_args(p: argparse.ArgumentParser, n: int, size: list[int]) -> None:
+        p.add_argument("-n", type=int, default=n, help=f"number of pairs (default {n})")
+        p.add_argument("--size", type=int, nargs="+", default=size, metavar="N",
+                       help=f"canvas size H W (default {' '.join(map(str, size))})")
+        p.add_argument("--cells", type=int, default=None,
+                       help="cells per image (default: the training data's density)")
+        p.add_argument("--cluster-prob", type=float, default=0.3,
+                       help="probability that a cell is placed next to others (default 0.3)")
+        p.add_argument("--steps", type=int, default=None,
+                       help="texture DDIM steps (default: the bundle's, usually 10)")
+        p.add_argument("--size-factor", type=float, default=1.0,
+                       help="scale the cell sizes learnt from the data (default 1)")
+        p.add_argument("--seed", type=int, default=0, help="pair i uses seed+i (default 0)")
+        p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+
+    p = sub.add_parser(
+        "synthesize", help="synthesize annotated image/label pairs with a generator bundle",
+        description="Synthesize fully annotated image/label pairs and write them as a dataset "
+        "folder (images/, labels/, dataset.json recording the bundle, seed and every "
+        "parameter). Without --bundle the built-in bundle is used. The same seed gives the "
+        "same output.",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder to write")
+    p.add_argument("--bundle", type=Path, default=None,
+                   help="generator bundle folder (default: built-in)")
+    add_synthesis_args(p, 4, [256, 256])
+    p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser(
+        "demo", help="synthesize a few pairs with the built-in bundle and a realism report",
+        description="Run the whole 2D cascade on the built-in bundle (trained on the shipped "
+        "CC0 nuclei): write a few synthetic pairs and a PNG comparing their cell morphology "
+        "with the real data.",
+    )
+    p.add_argument("-o", "--output", type=Path, default=Path("cellsynth-demo"),
+                   help="output folder (default ./cellsynth-demo, a new name if it exists)")
+    p.add_argument("-n", type=int, default=4, help="number of pairs (default 4)")
+    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

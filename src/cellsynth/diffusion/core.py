@@ -1,0 +1,270 @@
+"""UNets, schedulers, the training loss, the DDIM sampling loop and correlated noise.
+
+Everything a diffusion model of cellsynth needs in one short file, in the spirit of diffusers'
+single-file policy: a model is a ``UNet2DModel`` whose constructor arguments are its saved config;
+training draws DDPM noise; sampling is a readable loop over ``DDIMScheduler.timesteps`` with
+eta = 0. Conditioning (masks for the texture model, a view for the multiview model) is
+concatenated to the noisy input along the channel axis (paper 003).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class DiffusionConfig:
+    """Architecture and noise schedule of one diffusion model (saved in the bundle)."""
+
+    sample_size: int = 32
+    in_channels: int = 1  # noisy channels
+    cond_channels: int = 0  # conditioning channels concatenated to the input
+    out_channels: int = 1
+    widths: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    attention: tuple[bool, ...] = (False, False, True)
+    norm_num_groups: int = 8
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    prediction_type: str = "v_prediction"
+    sampling_steps: int = 10
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        d["attention"] = list(self.attention)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiffusionConfig:
+        d = dict(d)
+        d["widths"] = tuple(d["widths"])
+        d["attention"] = tuple(d["attention"])
+        return cls(**d)
+
+    @property
+    def downsampling(self) -> int:
+        """Canvas sides must be multiples of this (one halving per level below the first)."""
+        return 2 ** (len(self.widths) - 1)
+
+
+def build_unet(cfg: DiffusionConfig) -> Any:
+    from diffusers import UNet2DModel
+
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in cfg.attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.attention))
+    return UNet2DModel(
+        sample_size=cfg.sample_size,
+        in_channels=cfg.in_channels + cfg.cond_channels,
+        out_channels=cfg.out_channels,
+        block_out_channels=tuple(cfg.widths),
+        layers_per_block=cfg.layers_per_block,
+        down_block_types=down,
+        up_block_types=up,
+        norm_num_groups=cfg.norm_num_groups,
+        attention_head_dim=min(32, cfg.widths[-1]),
+        add_attention=any(cfg.attention),
+    )
+
+
+def make_train_scheduler(cfg: DiffusionConfig) -> Any:
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+    )
+
+
+def make_sampler(train_scheduler: Any) -> Any:
+    """A deterministic DDIM sampler sharing the training noise schedule.
+
+    "trailing" spacing starts from pure noise at t = T-1, which matters with few steps.
+    """
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(
+        train_scheduler.config, timestep_spacing="trailing", clip_sample=False,
+        set_alpha_to_one=False,
+    )
+
+
+def diffusion_loss(
+    model: Any,
+    scheduler: Any,
+    x0: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The DDPM training loss (MSE on epsilon or velocity) for a batch of clean samples."""
+    b = x0.shape[0]
+    noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (b,), generator=generator).to(
+        x0.device
+    )
+    xt = scheduler.add_noise(x0, noise, t)
+    if scheduler.config.prediction_type == "v_prediction":
+        target = scheduler.get_velocity(x0, noise, t)
+    elif scheduler.config.prediction_type == "sample":
+        target = x0
+    else:
+        target = noise
+    inp = xt if cond is None else torch.cat([xt, cond], dim=1)
+    pred = model(inp, t).sample
+    return torch.nn.functional.mse_loss(pred, target)
+
+
+def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
+    if n <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, n - tile, step)) + [n - tile]
+    return sorted(set(starts))
+
+
+def tiled_forward(
+    model: Any, inp: torch.Tensor, t: torch.Tensor, tile: int, overlap: int
+) -> torch.Tensor:
+    """Evaluate a fully convolutional UNet on overlapping tiles, blending with a linear ramp.
+
+    Used at every denoising step for canvases too large for one pass, so the tiles agree.
+    """
+    _, _, h, w = inp.shape
+    if h <= tile and w <= tile:
+        return model(inp, t).sample
+    out = None
+    weight = torch.zeros((1, 1, h, w), dtype=inp.dtype, device=inp.device)
+    ramp = torch.ones(tile, dtype=inp.dtype, device=inp.device)
+    if overlap:
+        r = torch.linspace(0.05, 1.0, overlap, dtype=inp.dtype, device=inp.device)
+        ramp[:overlap] = r
+        ramp[-overlap:] = r.flip(0)
+    for y in _tile_starts(h, tile, overlap):
+        for x in _tile_starts(w, tile, overlap):
+            th, tw = min(tile, h), min(tile, w)
+            wy = ramp[:th] if h > tile else torch.ones(th, dtype=inp.dtype, device=inp.device)
+            wx = ramp[:tw] if w > tile else torch.ones(tw, dtype=inp.dtype, device=inp.device)
+            wt = (wy[:, None] * wx[None, :])[None, None]
+            pred = model(inp[:, :, y : y + th, x : x + tw], t).sample
+            if out is None:
+                out = torch.zeros((inp.shape[0], pred.shape[1], h, w), dtype=pred.dtype,
+                                  device=pred.device)
+            out[:, :, y : y + th, x : x + tw] += pred * wt
+            weight[:, :, y : y + th, x : x + tw] += wt
+    assert out is not None
+    return out / weight
+
+
+@torch.inference_mode()
+def ddim_sample(
+    model: Any,
+    sampler: Any,
+    noise: torch.Tensor,
+    cond: torch.Tensor | None = None,
+    *,
+    steps: int = 10,
+    tile: int | None = None,
+    overlap: int = 32,
+    batch_size: int | None = None,
+    callback: Callable[[int, int], None] | None = None,
+) -> torch.Tensor:
+    """Denoise ``noise`` (B, C, H, W) with DDIM, eta = 0: the same noise gives the same result.
+
+    ``cond`` (B, K, H, W) is concatenated to the input at every step. ``tile`` evaluates large
+    canvases on overlapping tiles; ``batch_size`` splits a large batch into chunks.
+    """
+    sampler.set_timesteps(steps)
+    x = noise
+    n = x.shape[0]
+    chunk = batch_size or n
+    for i, t in enumerate(sampler.timesteps):
+        outs = []
+        for s in range(0, n, chunk):
+            xs = x[s : s + chunk]
+            inp = xs if cond is None else torch.cat([xs, cond[s : s + chunk]], dim=1)
+            tt = torch.full((xs.shape[0],), int(t), device=x.device, dtype=torch.long)
+            outs.append(
+                tiled_forward(model, inp, tt, tile, overlap) if tile else model(inp, tt).sample
+            )
+        model_out = torch.cat(outs) if len(outs) > 1 else outs[0]
+        x = sampler.step(model_out, t, x, eta=0.0).prev_sample
+        if callback is not None:
+            callback(i + 1, len(sampler.timesteps))
+    return x
+
+
+def correlated_noise(
+    n_slices: int,
+    shape: tuple[int, ...],
+    rho: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Initial noise for the S slices of one stack (paper 001, eq. 2).
+
+    x_T(s) = rho / sqrt(1 + rho^2) * c_common + 1 / sqrt(1 + rho^2) * c_s, with c ~ N(0, I):
+    unit variance per slice, correlation rho^2 / (1 + rho^2) between slices.
+    """
+    common = torch.randn((1, *shape), generator=generator)
+    own = torch.randn((n_slices, *shape), generator=generator)
+    a = rho / math.sqrt(1.0 + rho * rho)
+    b = 1.0 / math.sqrt(1.0 + rho * rho)
+    return a * common + b * own
+
+
+# --------------------------------------------------------------------------- optimiser state
+
+
+def save_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path, extra: dict) -> None:
+    """Save an optimiser's tensors as safetensors and the rest as JSON (never pickle)."""
+    from safetensors.torch import save_file
+
+    from cellsynth.io import write_json
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, Any] = {}
+    for pid, st in sd["state"].items():
+        for k, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                scalars[f"{pid}.{k}"] = v
+    tmp = folder / "optimizer.safetensors.tmp"
+    save_file(tensors, str(tmp))
+    tmp.replace(folder / "optimizer.safetensors")
+    write_json(folder / "optimizer.json", {"param_groups": sd["param_groups"],
+                                           "scalars": scalars, **extra})
+
+
+def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path) -> dict:
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    meta = json.loads((folder / "optimizer.json").read_text())
+    tensors = load_file(str(folder / "optimizer.safetensors"))
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().float().cpu().numpy()

@@ -1,0 +1,153 @@
+"""Learning a bundle and synthesizing from it, with tiny models (seconds on a CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import disks, image_for
+
+from cellsynth.bundle import GeneratorBundle
+from cellsynth.cli import main
+from cellsynth.errors import CellsynthInputError
+from cellsynth.io import read_dataset
+from cellsynth.learn import LearnSettings, learn
+from cellsynth.synthesize import SynthesisParams, Synthesizer
+
+TINY = dict(mask_widths=(8, 16, 16), texture_widths=(8, 16, 16), mask_batch=8, texture_batch=4,
+            tile=32, mask_size=16, crop_size=32, device="cpu", checkpoint_minutes=60)
+
+
+def _settings(**kw) -> LearnSettings:
+    return LearnSettings(**{**TINY, "minutes": None, "mask_steps": 6, "texture_steps": 6, **kw})
+
+
+@pytest.fixture(scope="module")
+def train_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    (root / "images").mkdir()
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        centres = [tuple(c) for c in rng.integers(12, 84, (6, 2))]
+        lab = disks(shape=(96, 96), centres=centres, radius=7)
+        tifffile.imwrite(root / "images" / f"a{i}.tif", image_for(lab, i))
+        tifffile.imwrite(root / "labels" / f"a{i}.tif", lab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(train_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    for _ in learn(read_dataset(train_folder).pairs, out, _settings()):
+        pass
+    return out
+
+
+def test_learning_yields_progress_and_saves_safetensors_only(train_folder, tmp_path):
+    reports = list(learn(read_dataset(train_folder).pairs, tmp_path / "b", _settings()))
+    assert reports[-1].done
+    assert reports[-1].mask_step == 6 and reports[-1].texture_step == 6
+    assert all(0 <= r.fraction <= 1 for r in reports)
+    assert {r.model for r in reports[:-1]} == {"mask_model", "texture_model"}
+    files = {p.suffix for p in (tmp_path / "b").rglob("*") if p.is_file()}
+    assert ".safetensors" in files
+    assert not files & {".bin", ".pt", ".pth", ".pkl", ".ckpt"}
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["intensity"]["dtype"] == "uint16"
+    assert meta["training"]["mask_model"]["steps"] == 6
+
+
+def test_cancelled_training_keeps_a_loadable_checkpoint_and_resumes(train_folder, tmp_path):
+    pairs = read_dataset(train_folder).pairs
+    gen = learn(pairs, tmp_path / "b", _settings(mask_steps=50, texture_steps=50))
+    for i, _ in enumerate(gen):
+        if i == 4:
+            break
+    gen.close()  # what a cancelled GUI job or Ctrl-C does
+    bundle = GeneratorBundle.load(tmp_path / "b")
+    done = bundle.meta["training"]["mask_model"]["steps"] + \
+        bundle.meta["training"]["texture_model"]["steps"]
+    assert done == 5
+    last = list(learn(pairs, tmp_path / "b", _settings(mask_steps=5, texture_steps=5),
+                      resume=True))[-1]
+    assert last.mask_step == 5 and last.texture_step == 5
+    assert last.step == 10
+
+
+def test_learning_refuses_to_overwrite_a_bundle(tiny_bundle, train_folder):
+    with pytest.raises(CellsynthInputError, match="not empty"):
+        next(learn(read_dataset(train_folder).pairs, tiny_bundle, _settings()))
+
+
+def test_learning_needs_cells(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", np.zeros((64, 64), np.uint8))
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", np.zeros((64, 64), np.uint16))
+    with pytest.raises(CellsynthInputError, match="no cells"):
+        next(learn(read_dataset(tmp_path).pairs, tmp_path / "b", _settings()))
+
+
+def test_synthesis_gives_integer_labels_and_an_image_of_the_data_dtype(tiny_bundle):
+    synth = Synthesizer(tiny_bundle, device="cpu")
+    pair = synth.sample(SynthesisParams(size=(64, 80), cells=5, seed=3, steps=2))
+    assert pair.image.shape == pair.labels.shape == (64, 80)
+    assert pair.image.dtype == np.uint16  # the training data's dtype
+    assert pair.labels.dtype == np.uint16
+    assert pair.params["cells_placed"] == pair.labels.max()
+
+
+def test_same_seed_gives_the_same_pair_and_another_seed_another(tiny_bundle):
+    synth = Synthesizer(tiny_bundle, device="cpu")
+    p = dict(size=(48, 48), cells=4, steps=2)
+    a = synth.sample(SynthesisParams(seed=5, **p))
+    b = synth.sample(SynthesisParams(seed=5, **p))
+    c = synth.sample(SynthesisParams(seed=6, **p))
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels)
+    assert not np.array_equal(a.image, c.image)
+
+
+def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle, tmp_path,
+                                                                    capsys):
+    out = tmp_path / "synth"
+    assert main(["synthesize", "--bundle", str(tiny_bundle), "-o", str(out), "-n", "2",
+                 "--size", "48", "64", "--cells", "3", "--steps", "2", "--seed", "11",
+                 "--device", "cpu"]) == 0
+    ds = read_dataset(out, require_labels=True)
+    assert len(ds) == 2
+    meta = json.loads((out / "dataset.json").read_text())
+    seeds = sorted(r["seed"] for r in meta["samples"].values())
+    assert seeds == [11, 12]
+    rec = next(iter(meta["samples"].values()))
+    assert rec["size"] == [48, 64] and rec["cluster_prob"] == 0.3
+    assert rec["bundle"] == str(tiny_bundle)
+    assert meta["origin"] == "synthetic"
+
+
+def test_cli_learn_with_a_time_budget(train_folder, tmp_path, capsys):
+    out = tmp_path / "b"
+    assert main(["learn", str(train_folder), "-o", str(out), "--tiny", "--minutes", "0.05",
+                 "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bundle"] == str(out)
+    GeneratorBundle.load(out)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--size", "64"], "needs H W"),
+    (["--cluster-prob", "2"], "between 0 and 1"),
+    (["--steps", "0"], "must be >= 1"),
+])
+def test_cli_synthesize_bad_parameters(tiny_bundle, tmp_path, capsys, args, message):
+    assert main(["synthesize", "--bundle", str(tiny_bundle), "-o", str(tmp_path / "o"),
+                 *args]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_loading_something_that_is_not_a_bundle(tmp_path):
+    with pytest.raises(CellsynthInputError, match="not a cellsynth generator bundle"):
+        GeneratorBundle.load(tmp_path)
+    with pytest.raises(CellsynthInputError, match="not found"):
+        GeneratorBundle.load(tmp_path / "missing")

@@ -1,0 +1,85 @@
+"""Population synthesis: no overlaps, separate cells, clustering, big canvases, 3D."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cellsynth.errors import CellsynthInputError
+from cellsynth.population import label_dtype, place_cells
+
+
+def _disk(r: int) -> np.ndarray:
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return x * x + y * y <= r * r
+
+
+def _nn_distance(table) -> float:
+    c = np.stack([table["centroid_y"], table["centroid_x"]], 1)
+    d = np.linalg.norm(c[:, None] - c[None], axis=-1)
+    np.fill_diagonal(d, np.inf)
+    return float(d.min(1).mean())
+
+
+def test_cells_never_overlap_or_touch():
+    rng = np.random.default_rng(0)
+    masks = [_disk(int(r)) for r in rng.integers(4, 9, 40)]
+    pop = place_cells(masks, (200, 200), cluster_prob=0.5, rng=rng)
+    lab = pop.labels
+    assert pop.n_cells > 30
+    for i in range(1, pop.n_cells + 1):
+        cell = lab == i
+        assert ndimage.label(cell)[1] == 1  # one connected component
+        ring = ndimage.binary_dilation(cell) & ~cell
+        assert set(np.unique(lab[ring])) <= {0}  # no other cell touches it
+
+
+def test_labels_are_unsigned_integers_numbered_from_one():
+    rng = np.random.default_rng(1)
+    pop = place_cells([_disk(5)] * 10, (128, 128), rng=rng)
+    assert pop.labels.dtype == np.uint16
+    assert set(np.unique(pop.labels)) == set(range(pop.n_cells + 1))
+
+
+def test_label_dtype_grows_to_uint32_beyond_65535_cells():
+    assert label_dtype(65_535) == np.uint16
+    assert label_dtype(65_536) == np.uint32
+
+
+def test_thousands_of_cells_on_a_large_canvas():
+    rng = np.random.default_rng(2)
+    pop = place_cells([_disk(3)] * 3000, (1024, 1024), rng=rng, cluster_prob=0.3)
+    assert pop.n_cells == 3000
+    assert pop.labels.max() == 3000
+
+
+def test_clustering_probability_brings_cells_together():
+    masks = [_disk(5)] * 40
+    spread = place_cells(masks, (400, 400), cluster_prob=0.0, rng=np.random.default_rng(3))
+    clustered = place_cells(masks, (400, 400), cluster_prob=0.95, rng=np.random.default_rng(3))
+    assert _nn_distance(clustered.table) < 0.6 * _nn_distance(spread.table)
+    assert clustered.table["clustered"].sum() > 30
+    assert spread.table["clustered"].sum() == 0
+
+
+def test_same_seed_same_population():
+    masks = [_disk(4)] * 15
+    a = place_cells(masks, (96, 96), cluster_prob=0.5, rng=np.random.default_rng(7))
+    b = place_cells(masks, (96, 96), cluster_prob=0.5, rng=np.random.default_rng(7))
+    assert np.array_equal(a.labels, b.labels)
+
+
+def test_3d_volumes_are_placed_without_overlap():
+    z, y, x = np.mgrid[-3:4, -5:6, -5:6]
+    ball = (z / 3) ** 2 + (y / 5) ** 2 + (x / 5) ** 2 <= 1
+    pop = place_cells([ball] * 12, (16, 64, 64), rng=np.random.default_rng(0))
+    assert pop.labels.ndim == 3
+    assert pop.n_cells >= 8
+    sizes = np.bincount(pop.labels.ravel())[1:]
+    assert sizes.min() >= 0.5 * ball.sum()  # at least half of every cell inside the canvas
+
+
+def test_bad_cluster_probability_is_refused():
+    with pytest.raises(CellsynthInputError, match="clustering probability"):
+        place_cells([_disk(3)], (32, 32), cluster_prob=1.5, rng=np.random.default_rng(0))
