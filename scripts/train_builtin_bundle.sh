@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 out=${1:-build/bundle_dsb2018}
 data=src/cellsynth/data/dsb2018_nuclei
 cellsynth learn "$data" -o "$out" --minutes 0 --mask-steps 1200 --texture-steps 2400 \
-  --seed 0 --device cpu --checkpoint-minutes 5
+  --tile 64 --seed 0 --device cpu --checkpoint-minutes 5
 rm -rf "$out/training_state"   # optimiser state is only needed to resume; not shipped
 du -sh "$out"
 echo "copy with: rm -rf src/cellsynth/data/bundle_dsb2018 && cp -r $out src/cellsynth/data/bundle_dsb2018"

@@ -200,3 +200,14 @@ def test_dataset_writer_keeps_existing_records_when_reopened(tmp_path):
     meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert set(meta["samples"]) == {"a", "b"}
     assert meta["samples"]["a"]["status"] == "accepted"
+
+
+def test_written_files_get_ordinary_permissions(tmp_path):
+    import os
+
+    mask = os.umask(0o022)
+    try:
+        path = write_tiff(tmp_path / "p.tif", np.ones((4, 4), np.uint8))
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644

@@ -151,3 +151,33 @@ def test_loading_something_that_is_not_a_bundle(tmp_path):
         GeneratorBundle.load(tmp_path)
     with pytest.raises(CellsynthInputError, match="not found"):
         GeneratorBundle.load(tmp_path / "missing")
+
+
+def test_ctrl_c_keeps_the_last_checkpoint_and_resume_continues(train_folder, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "b"
+    cmd = [sys.executable, "-m", "cellsynth.cli", "learn", str(train_folder), "-o", str(out),
+           "--tiny", "--minutes", "0", "--mask-steps", "100000", "--texture-steps", "100000",
+           "--checkpoint-minutes", "0.001", "--device", "cpu"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (out / "training_state" / "state.json").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "--resume" in err
+    training = GeneratorBundle.load(out).meta["training"]
+    steps, tsteps = training["mask_model"]["steps"], training["texture_model"]["steps"]
+    assert steps > 0
+    resumed = subprocess.run(
+        [*cmd[:7], "--tiny", "--minutes", "0", "--mask-steps", str(steps + 2), "--texture-steps",
+         str(tsteps + 2), "--resume", "--device", "cpu"], capture_output=True, text=True,
+        check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert GeneratorBundle.load(out).meta["training"]["mask_model"]["steps"] == steps + 2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -166,6 +167,9 @@ def _save_model(model: Any, folder: Path) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        from cellsynth.io import _umask
+
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         old = folder.with_name(f".{folder.name}.old")
         if old.exists():
             shutil.rmtree(old)

@@ -136,21 +136,23 @@ def cmd_learn(args: argparse.Namespace) -> int:
     settings = LearnSettings(
         minutes=args.minutes if args.minutes and args.minutes > 0 else None,
         mask_steps=args.mask_steps, texture_steps=args.texture_steps, seed=args.seed,
-        device=args.device, checkpoint_minutes=args.checkpoint_minutes,
+        device=args.device, checkpoint_minutes=args.checkpoint_minutes, tile=args.tile,
     )
     if args.tiny:
         settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
         settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
     bar = _progress_bar(100, "learning", unit="%")
     last = None
+    job = learn(pairs, args.output, settings, resume=args.resume)
     try:
-        for p in learn(pairs, args.output, settings, resume=args.resume):
+        for p in job:
             last = p
             bar.n = round(100 * p.fraction, 1)
             bar.set_postfix(mask=f"{p.mask_step}", texture=f"{p.texture_step}",
                             loss=f"{p.loss:.4f}", refresh=False)
             bar.refresh()
     except KeyboardInterrupt:
+        job.close()  # saves a checkpoint if the interrupt arrived outside the training step
         bar.close()
         print(f"interrupted: the last checkpoint is in {args.output}; continue with --resume",
               file=sys.stderr)
@@ -256,6 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture-steps", type=int, default=4000, help="texture model steps (max)")
     p.add_argument("--checkpoint-minutes", type=float, default=2.0,
                    help="minutes between checkpoints (default 2)")
+    p.add_argument("--tile", type=int, default=None,
+                   help="texture training tile in px (default: about twice the cell diameter)")
     p.add_argument("--resume", action="store_true", help="continue training an existing bundle")
     p.add_argument("--3d", dest="three_d", action="store_true", help="train the 3D shape models")
     p.add_argument("--seed", type=int, default=0)

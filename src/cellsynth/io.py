@@ -887,6 +887,7 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         if overwrite:
             os.replace(tmp, path)
         else:
@@ -905,6 +906,12 @@ def atomic_path(path: str | Path, *, overwrite: bool = False) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | Path, obj: Any) -> Path:

@@ -34,7 +34,7 @@ from cellsynth.diffusion.core import (
     save_optimizer,
 )
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, check_same_shape
+from cellsynth.io import Pair, check_same_shape, count_cells
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
 from cellsynth.texture import TextureTiles, texture_config
 
@@ -55,7 +55,7 @@ class LearnSettings:
     ema_decay: float = 0.995
     crop_size: int = 64
     mask_size: int = 32
-    tile: int = 64
+    tile: int | None = None  # texture training tile; None: from the cells' size (64..128)
     mask_widths: tuple[int, ...] = (16, 32, 64)
     texture_widths: tuple[int, ...] = (16, 32, 48, 64)
     seed: int = 0
@@ -156,6 +156,13 @@ def _density(pairs: Sequence[Pair], n_cells: int) -> float:
     return n_cells / max(area, 1.0)
 
 
+def auto_tile(diameter: float, batch: int, base: int = 64) -> tuple[int, int]:
+    """Texture tiles about twice a cell's diameter (64 to 128 px, multiples of 32); the batch
+    shrinks so that each step sees about the same number of pixels."""
+    tile = int(np.clip(32 * np.ceil(2 * diameter / 32), base, 2 * base))
+    return tile, max(4, round(batch * (base / tile) ** 2))
+
+
 def learn(
     pairs: Sequence[Pair],
     out: str | Path,
@@ -184,6 +191,10 @@ def learn(
     _, gen = seeded(settings.seed)
     torch.manual_seed(settings.seed)
     crops = torch.from_numpy(prepare_mask_crops(atlas.masks, settings.mask_size))
+    if settings.tile is None:
+        settings.tile, settings.texture_batch = auto_tile(
+            float(np.median(atlas.table["equivalent_diameter"])), settings.texture_batch)
+        log.info("texture tiles of %s px, batch %s", settings.tile, settings.texture_batch)
     tiles = TextureTiles(*_texture_slices(pairs), atlas.intensity, settings.tile)
 
     mcfg = mask_config(settings.mask_size, tuple(settings.mask_widths))
@@ -235,7 +246,8 @@ def learn(
             "cells": {
                 "crop_size": settings.crop_size,
                 "scales": [round(float(s), 4) for s in atlas.table["scale"]],
-                "density": _density(pairs, len(atlas.table["scale"])),
+                "density": _density(pairs, sum(count_cells(p.labels, p.annotated_slices)
+                                                for p in pairs)),
                 "median_area": float(np.median(atlas.table["area"])),
             },
             "settings": settings.to_dict(),

@@ -104,10 +104,15 @@ def _touches_edge(m: np.ndarray) -> bool:
 
 def resize_mask(m: np.ndarray, side: int) -> np.ndarray:
     """Resize a normalised mask to ``side`` pixels (bilinear, threshold 0.5), then trim it."""
+    from scipy.ndimage import gaussian_filter
+
     t = torch.from_numpy(m.astype(np.float32))[None, None]
-    r = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear",
-                                        align_corners=False)[0, 0].numpy() > 0.5
-    r = clean_mask(r)
+    up = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear",
+                                         align_corners=False)[0, 0].numpy()
+    sigma = 0.6 * side / m.shape[0]  # smooth the staircase of the small mask's pixels
+    if sigma > 0.5:
+        up = gaussian_filter(up, sigma, mode="constant")
+    r = clean_mask(up > 0.5)
     ys, xs = np.nonzero(r)
     if ys.size == 0:
         return np.ones((1, 1), bool)
