@@ -48,9 +48,12 @@ def main() -> int:
 
     synth = Synthesizer(args.bundle, device="cpu")
     b = synth.bundle
-    out: dict = {"threads": torch.get_num_threads(), "bundle": str(b.path),
-                 "texture_steps": b.texture_cfg.sampling_steps,
-                 "mask_steps": b.mask_cfg.sampling_steps}
+    out: dict = {
+        "threads": torch.get_num_threads(),
+        "bundle": str(b.path),
+        "texture_steps": b.texture_cfg.sampling_steps,
+        "mask_steps": b.mask_cfg.sampling_steps,
+    }
 
     # --- whole pairs
     synth.sample(SynthesisParams(size=(256, 256), cells=args.cells, seed=999))  # warm-up
@@ -99,8 +102,13 @@ def main() -> int:
     from cellsynth.samples import sample_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
-        s = LearnSettings(minutes=None, mask_steps=args.train_steps, texture_steps=args.train_steps,
-                          device="cpu", checkpoint_minutes=1e9)
+        s = LearnSettings(
+            minutes=None,
+            mask_steps=args.train_steps,
+            texture_steps=args.train_steps,
+            device="cpu",
+            checkpoint_minutes=1e9,
+        )
         gen_ = learn(sample_dataset().pairs, f"{tmp}/b", s)
         first = next(gen_)
         t0, n0 = time.perf_counter(), first.step

@@ -56,8 +56,7 @@ def test_builtin_pair_image_agrees_with_its_labels(pair):
 
 def test_demo_writes_pairs_and_a_realism_report(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "-o", str(out), "-n", "1", "--size", "128", "128",
-                 "--device", "cpu"]) == 0
+    assert main(["demo", "-o", str(out), "-n", "1", "--size", "128", "128", "--device", "cpu"]) == 0
     stdout = capsys.readouterr().out
     assert str(out) in stdout
     summary = json.loads(stdout.strip().splitlines()[-1])
@@ -71,7 +70,22 @@ def test_demo_writes_pairs_and_a_realism_report(tmp_path, capsys):
 def test_demo_never_reuses_an_existing_folder(tmp_path, capsys):
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / "mine.txt").write_text("keep me")
-    assert main(["demo", "-o", str(tmp_path / "demo"), "-n", "1", "--size", "64", "64",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "-o",
+                str(tmp_path / "demo"),
+                "-n",
+                "1",
+                "--size",
+                "64",
+                "64",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "demo" / "mine.txt").read_text() == "keep me"
     assert (tmp_path / "demo-2" / "realism.png").exists()

@@ -19,8 +19,9 @@ from cellsynth.diffusion.core import (
     tiled_forward,
 )
 
-TINY = DiffusionConfig(sample_size=16, cond_channels=2, widths=(8, 16), attention=(False, False),
-                       norm_num_groups=4)
+TINY = DiffusionConfig(
+    sample_size=16, cond_channels=2, widths=(8, 16), attention=(False, False), norm_num_groups=4
+)
 
 
 @pytest.mark.parametrize("rho", [0.0, 1.0, 3.0])

@@ -7,7 +7,6 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from conftest import disks, image_for
 
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.cli import main
@@ -15,9 +14,19 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import read_dataset
 from cellsynth.learn import LearnSettings, learn
 from cellsynth.synthesize import SynthesisParams, Synthesizer
+from conftest import disks, image_for
 
-TINY = dict(mask_widths=(8, 16, 16), texture_widths=(8, 16, 16), mask_batch=8, texture_batch=4,
-            tile=32, mask_size=16, crop_size=32, device="cpu", checkpoint_minutes=60)
+TINY = dict(
+    mask_widths=(8, 16, 16),
+    texture_widths=(8, 16, 16),
+    mask_batch=8,
+    texture_batch=4,
+    tile=32,
+    mask_size=16,
+    crop_size=32,
+    device="cpu",
+    checkpoint_minutes=60,
+)
 
 
 def _settings(**kw) -> LearnSettings:
@@ -68,11 +77,14 @@ def test_cancelled_training_keeps_a_loadable_checkpoint_and_resumes(train_folder
             break
     gen.close()  # what a cancelled GUI job or Ctrl-C does
     bundle = GeneratorBundle.load(tmp_path / "b")
-    done = bundle.meta["training"]["mask_model"]["steps"] + \
-        bundle.meta["training"]["texture_model"]["steps"]
+    done = (
+        bundle.meta["training"]["mask_model"]["steps"]
+        + bundle.meta["training"]["texture_model"]["steps"]
+    )
     assert done == 5
-    last = list(learn(pairs, tmp_path / "b", _settings(mask_steps=5, texture_steps=5),
-                      resume=True))[-1]
+    last = list(
+        learn(pairs, tmp_path / "b", _settings(mask_steps=5, texture_steps=5), resume=True)
+    )[-1]
     assert last.mask_step == 5 and last.texture_step == 5
     assert last.step == 10
 
@@ -110,12 +122,33 @@ def test_same_seed_gives_the_same_pair_and_another_seed_another(tiny_bundle):
     assert not np.array_equal(a.image, c.image)
 
 
-def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle, tmp_path,
-                                                                    capsys):
+def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "synth"
-    assert main(["synthesize", "--bundle", str(tiny_bundle), "-o", str(out), "-n", "2",
-                 "--size", "48", "64", "--cells", "3", "--steps", "2", "--seed", "11",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "synthesize",
+                "--bundle",
+                str(tiny_bundle),
+                "-o",
+                str(out),
+                "-n",
+                "2",
+                "--size",
+                "48",
+                "64",
+                "--cells",
+                "3",
+                "--steps",
+                "2",
+                "--seed",
+                "11",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     ds = read_dataset(out, require_labels=True)
     assert len(ds) == 2
     meta = json.loads((out / "dataset.json").read_text())
@@ -129,20 +162,36 @@ def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle,
 
 def test_cli_learn_with_a_time_budget(train_folder, tmp_path, capsys):
     out = tmp_path / "b"
-    assert main(["learn", str(train_folder), "-o", str(out), "--tiny", "--minutes", "0.05",
-                 "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "learn",
+                str(train_folder),
+                "-o",
+                str(out),
+                "--tiny",
+                "--minutes",
+                "0.05",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bundle"] == str(out)
     GeneratorBundle.load(out)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["--size", "64"], "needs H W"),
-    (["--cluster-prob", "2"], "between 0 and 1"),
-    (["--steps", "0"], "must be >= 1"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--size", "64"], "needs H W"),
+        (["--cluster-prob", "2"], "between 0 and 1"),
+        (["--steps", "0"], "must be >= 1"),
+    ],
+)
 def test_cli_synthesize_bad_parameters(tiny_bundle, tmp_path, capsys, args, message):
-    assert main(["synthesize", "--bundle", str(tiny_bundle), "-o", str(tmp_path / "o"),
-                 *args]) == 2
+    assert main(["synthesize", "--bundle", str(tiny_bundle), "-o", str(tmp_path / "o"), *args]) == 2
     assert message in capsys.readouterr().err
 
 
@@ -160,9 +209,26 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_continues(train_folder, tmp
     import time
 
     out = tmp_path / "b"
-    cmd = [sys.executable, "-m", "cellsynth.cli", "learn", str(train_folder), "-o", str(out),
-           "--tiny", "--minutes", "0", "--mask-steps", "100000", "--texture-steps", "100000",
-           "--checkpoint-minutes", "0.001", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cellsynth.cli",
+        "learn",
+        str(train_folder),
+        "-o",
+        str(out),
+        "--tiny",
+        "--minutes",
+        "0",
+        "--mask-steps",
+        "100000",
+        "--texture-steps",
+        "100000",
+        "--checkpoint-minutes",
+        "0.001",
+        "--device",
+        "cpu",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     while not (out / "training_state" / "state.json").exists() and time.time() < deadline:
@@ -176,8 +242,22 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_continues(train_folder, tmp
     steps, tsteps = training["mask_model"]["steps"], training["texture_model"]["steps"]
     assert steps > 0
     resumed = subprocess.run(
-        [*cmd[:7], "--tiny", "--minutes", "0", "--mask-steps", str(steps + 2), "--texture-steps",
-         str(tsteps + 2), "--resume", "--device", "cpu"], capture_output=True, text=True,
-        check=False)
+        [
+            *cmd[:7],
+            "--tiny",
+            "--minutes",
+            "0",
+            "--mask-steps",
+            str(steps + 2),
+            "--texture-steps",
+            str(tsteps + 2),
+            "--resume",
+            "--device",
+            "cpu",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert GeneratorBundle.load(out).meta["training"]["mask_model"]["steps"] == steps + 2

@@ -118,8 +118,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr,
-                disable=None)
+    return tqdm(
+        total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, disable=None
+    )
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -135,8 +136,12 @@ def cmd_learn(args: argparse.Namespace) -> int:
         raise CellsynthInputError("3D shape models (--3d) are not available in this version yet")
     settings = LearnSettings(
         minutes=args.minutes if args.minutes and args.minutes > 0 else None,
-        mask_steps=args.mask_steps, texture_steps=args.texture_steps, seed=args.seed,
-        device=args.device, checkpoint_minutes=args.checkpoint_minutes, tile=args.tile,
+        mask_steps=args.mask_steps,
+        texture_steps=args.texture_steps,
+        seed=args.seed,
+        device=args.device,
+        checkpoint_minutes=args.checkpoint_minutes,
+        tile=args.tile,
     )
     if args.tiny:
         settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
@@ -148,19 +153,29 @@ def cmd_learn(args: argparse.Namespace) -> int:
         for p in job:
             last = p
             bar.n = round(100 * p.fraction, 1)
-            bar.set_postfix(mask=f"{p.mask_step}", texture=f"{p.texture_step}",
-                            loss=f"{p.loss:.4f}", refresh=False)
+            bar.set_postfix(
+                mask=f"{p.mask_step}",
+                texture=f"{p.texture_step}",
+                loss=f"{p.loss:.4f}",
+                refresh=False,
+            )
             bar.refresh()
     except KeyboardInterrupt:
         job.close()  # saves a checkpoint if the interrupt arrived outside the training step
         bar.close()
-        print(f"interrupted: the last checkpoint is in {args.output}; continue with --resume",
-              file=sys.stderr)
+        print(
+            f"interrupted: the last checkpoint is in {args.output}; continue with --resume",
+            file=sys.stderr,
+        )
         return 130
     bar.close()
     assert last is not None
-    summary = {"bundle": str(args.output), "mask_steps": last.mask_step,
-               "texture_steps": last.texture_step, "seconds": round(last.elapsed, 1)}
+    summary = {
+        "bundle": str(args.output),
+        "mask_steps": last.mask_step,
+        "texture_steps": last.texture_step,
+        "seconds": round(last.elapsed, 1),
+    }
     print(f"bundle written to {args.output}")
     print(json.dumps(summary))
     return 0
@@ -169,9 +184,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
 def _synthesis_params(args: argparse.Namespace) -> Any:
     from cellsynth.synthesize import SynthesisParams
 
-    return SynthesisParams(size=tuple(args.size), cells=args.cells,
-                           cluster_prob=args.cluster_prob, steps=args.steps, seed=args.seed,
-                           size_factor=args.size_factor)
+    return SynthesisParams(
+        size=tuple(args.size),
+        cells=args.cells,
+        cluster_prob=args.cluster_prob,
+        steps=args.steps,
+        seed=args.seed,
+        size_factor=args.size_factor,
+    )
 
 
 def cmd_synthesize(args: argparse.Namespace) -> int:
@@ -180,8 +200,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     params = _synthesis_params(args)
     bar = _progress_bar(args.n, "synthesizing", unit="pair")
     names = []
-    for i, _n, name in synthesize(args.output, args.n, params, bundle=args.bundle,
-                                  device=args.device):
+    for _i, _n, name in synthesize(
+        args.output, args.n, params, bundle=args.bundle, device=args.device
+    ):
         names.append(name)
         bar.update(1)
     bar.close()
@@ -193,8 +214,9 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from cellsynth.demo import run_demo
 
-    report = run_demo(args.output, n=args.n, size=tuple(args.size), seed=args.seed,
-                      device=args.device)
+    report = run_demo(
+        args.output, n=args.n, size=tuple(args.size), seed=args.seed, device=args.device
+    )
     print(f"demo data written to {report['output']}")
     print(f"  synthetic pairs: {report['output']}/images, {report['output']}/labels")
     print(f"  realism report:  {report['figure']}")
@@ -223,8 +245,12 @@ def build_parser() -> argparse.ArgumentParser:
         "Tracking Challenge folder and list shapes, dtypes, cell counts and voxel size. The last "
         "line of output is a JSON summary.",
     )
-    p.add_argument("path", type=Path, nargs="?",
-                   help="file or folder (default: the built-in CC0 nuclei data set)")
+    p.add_argument(
+        "path",
+        type=Path,
+        nargs="?",
+        help="file or folder (default: the built-in CC0 nuclei data set)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report here")
     p.set_defaults(func=cmd_info)
 
@@ -244,7 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "learn", help="train a generator bundle (mask + texture models) on annotated images",
+        "learn",
+        help="train a generator bundle (mask + texture models) on annotated images",
         description="Train the mask diffusion model and the mask-conditioned texture model on "
         "images with instance labels (files, dataset folders or CTC folders) and save them as a "
         "generator bundle. Checkpoints are written every few minutes and on Ctrl-C; --resume "
@@ -252,14 +279,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("data", type=Path, nargs="+", help="annotated data: files or folders")
     p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
-    p.add_argument("--minutes", type=float, default=10.0,
-                   help="time budget in minutes (default 10; 0 = until the step targets)")
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=10.0,
+        help="time budget in minutes (default 10; 0 = until the step targets)",
+    )
     p.add_argument("--mask-steps", type=int, default=2000, help="mask model steps (max)")
     p.add_argument("--texture-steps", type=int, default=4000, help="texture model steps (max)")
-    p.add_argument("--checkpoint-minutes", type=float, default=2.0,
-                   help="minutes between checkpoints (default 2)")
-    p.add_argument("--tile", type=int, default=None,
-                   help="texture training tile in px (default: about twice the cell diameter)")
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=2.0,
+        help="minutes between checkpoints (default 2)",
+    )
+    p.add_argument(
+        "--tile",
+        type=int,
+        default=None,
+        help="texture training tile in px (default: about twice the cell diameter)",
+    )
     p.add_argument("--resume", action="store_true", help="continue training an existing bundle")
     p.add_argument("--3d", dest="three_d", action="store_true", help="train the 3D shape models")
     p.add_argument("--seed", type=int, default=0)
@@ -269,40 +308,70 @@ def build_parser() -> argparse.ArgumentParser:
 
     def add_synthesis_args(p: argparse.ArgumentParser, n: int, size: list[int]) -> None:
         p.add_argument("-n", type=int, default=n, help=f"number of pairs (default {n})")
-        p.add_argument("--size", type=int, nargs="+", default=size, metavar="N",
-                       help=f"canvas size H W (default {' '.join(map(str, size))})")
-        p.add_argument("--cells", type=int, default=None,
-                       help="cells per image (default: the training data's density)")
-        p.add_argument("--cluster-prob", type=float, default=0.3,
-                       help="probability that a cell is placed next to others (default 0.3)")
-        p.add_argument("--steps", type=int, default=None,
-                       help="texture DDIM steps (default: the bundle's, usually 10)")
-        p.add_argument("--size-factor", type=float, default=1.0,
-                       help="scale the cell sizes learnt from the data (default 1)")
+        p.add_argument(
+            "--size",
+            type=int,
+            nargs="+",
+            default=size,
+            metavar="N",
+            help=f"canvas size H W (default {' '.join(map(str, size))})",
+        )
+        p.add_argument(
+            "--cells",
+            type=int,
+            default=None,
+            help="cells per image (default: the training data's density)",
+        )
+        p.add_argument(
+            "--cluster-prob",
+            type=float,
+            default=0.3,
+            help="probability that a cell is placed next to others (default 0.3)",
+        )
+        p.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            help="texture DDIM steps (default: the bundle's, usually 10)",
+        )
+        p.add_argument(
+            "--size-factor",
+            type=float,
+            default=1.0,
+            help="scale the cell sizes learnt from the data (default 1)",
+        )
         p.add_argument("--seed", type=int, default=0, help="pair i uses seed+i (default 0)")
         p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
 
     p = sub.add_parser(
-        "synthesize", help="synthesize annotated image/label pairs with a generator bundle",
+        "synthesize",
+        help="synthesize annotated image/label pairs with a generator bundle",
         description="Synthesize fully annotated image/label pairs and write them as a dataset "
         "folder (images/, labels/, dataset.json recording the bundle, seed and every "
         "parameter). Without --bundle the built-in bundle is used. The same seed gives the "
         "same output.",
     )
     p.add_argument("-o", "--output", type=Path, required=True, help="dataset folder to write")
-    p.add_argument("--bundle", type=Path, default=None,
-                   help="generator bundle folder (default: built-in)")
+    p.add_argument(
+        "--bundle", type=Path, default=None, help="generator bundle folder (default: built-in)"
+    )
     add_synthesis_args(p, 4, [256, 256])
     p.set_defaults(func=cmd_synthesize)
 
     p = sub.add_parser(
-        "demo", help="synthesize a few pairs with the built-in bundle and a realism report",
+        "demo",
+        help="synthesize a few pairs with the built-in bundle and a realism report",
         description="Run the whole 2D cascade on the built-in bundle (trained on the shipped "
         "CC0 nuclei): write a few synthetic pairs and a PNG comparing their cell morphology "
         "with the real data.",
     )
-    p.add_argument("-o", "--output", type=Path, default=Path("cellsynth-demo"),
-                   help="output folder (default ./cellsynth-demo, a new name if it exists)")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        default=Path("cellsynth-demo"),
+        help="output folder (default ./cellsynth-demo, a new name if it exists)",
+    )
     p.add_argument("-n", type=int, default=4, help="number of pairs (default 4)")
     p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
     p.add_argument("--seed", type=int, default=0)

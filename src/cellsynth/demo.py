@@ -25,8 +25,14 @@ def _fresh(path: Path) -> Path:
     return path.with_name(f"{path.name}-{i}")
 
 
-def run_demo(output: str | Path = "cellsynth-demo", *, n: int = 4, size: tuple[int, int] = (256, 256),
-             seed: int = 0, device: str = "auto") -> dict[str, Any]:
+def run_demo(
+    output: str | Path = "cellsynth-demo",
+    *,
+    n: int = 4,
+    size: tuple[int, int] = (256, 256),
+    seed: int = 0,
+    device: str = "auto",
+) -> dict[str, Any]:
     out = _fresh(Path(output))
     bundle = GeneratorBundle.load(None)
     params = SynthesisParams(size=size, seed=seed)
@@ -35,12 +41,22 @@ def run_demo(output: str | Path = "cellsynth-demo", *, n: int = 4, size: tuple[i
     synthetic = read_dataset(out, require_labels=True).pairs
     real = sample_dataset().pairs
     summary = realism_summary(real, synthetic, seed=seed)
-    figure = realism_figure(real, synthetic, out / "realism.png",
-                            title="cellsynth demo: built-in bundle, real (DSB 2018 nuclei) vs synthetic")
+    figure = realism_figure(
+        real,
+        synthetic,
+        out / "realism.png",
+        title="cellsynth demo: built-in bundle, real (DSB 2018 nuclei) vs synthetic",
+    )
     write_json(out / "realism.json", summary)
-    return {"output": str(out), "figure": str(figure), "summary": {
-        "n": n, "size": list(size), "seed": seed,
-        "cells": sum(count_cells(p.labels) for p in synthetic),
-        "realism_w1_synthetic_to_real": summary["synthetic_to_real"].get("mean", {}).get("w1"),
-        "realism_w1_real_to_real": summary.get("real_to_real", {}).get("mean", {}).get("w1"),
-    }}
+    return {
+        "output": str(out),
+        "figure": str(figure),
+        "summary": {
+            "n": n,
+            "size": list(size),
+            "seed": seed,
+            "cells": sum(count_cells(p.labels) for p in synthetic),
+            "realism_w1_synthetic_to_real": summary["synthetic_to_real"].get("mean", {}).get("w1"),
+            "realism_w1_real_to_real": summary.get("real_to_real", {}).get("mean", {}).get("w1"),
+        },
+    }

@@ -123,8 +123,9 @@ def _check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
             raise CellsynthInputError("labels without an image", p.labels_path)
         check_same_shape(p.image, p.labels, p.image_path, p.labels_path)
         if p.labels.max() == 0:
-            raise CellsynthInputError("label image is empty: it contains no cells (all zeros)",
-                                      p.labels_path or p.name)
+            raise CellsynthInputError(
+                "label image is empty: it contains no cells (all zeros)", p.labels_path or p.name
+            )
     return pairs
 
 
@@ -193,7 +194,8 @@ def learn(
     crops = torch.from_numpy(prepare_mask_crops(atlas.masks, settings.mask_size))
     if settings.tile is None:
         settings.tile, settings.texture_batch = auto_tile(
-            float(np.median(atlas.table["equivalent_diameter"])), settings.texture_batch)
+            float(np.median(atlas.table["equivalent_diameter"])), settings.texture_batch
+        )
         log.info("texture tiles of %s px, batch %s", settings.tile, settings.texture_batch)
     tiles = TextureTiles(*_texture_slices(pairs), atlas.intensity, settings.tile)
 
@@ -206,13 +208,14 @@ def learn(
         old = json.loads((out / "bundle.json").read_text())
         mcfg = DiffusionConfig.from_dict(old["mask_config"])
         tcfg = DiffusionConfig.from_dict(old["texture_config"])
-    for name, cfg, target in (("mask_model", mcfg, settings.mask_steps),
-                              ("texture_model", tcfg, settings.texture_steps)):
+    for name, cfg, target in (
+        ("mask_model", mcfg, settings.mask_steps),
+        ("texture_model", tcfg, settings.texture_steps),
+    ):
         if resume:
             from diffusers import UNet2DModel
 
-            model = UNet2DModel.from_pretrained(out / "training_state" / name,
-                                                use_safetensors=True)
+            model = UNet2DModel.from_pretrained(out / "training_state" / name, use_safetensors=True)
             ema = UNet2DModel.from_pretrained(out / name, use_safetensors=True)
         else:
             model = build_unet(cfg)
@@ -236,8 +239,9 @@ def learn(
             "training_data": {
                 "n_images": len(pairs),
                 "names": [p.name for p in pairs][:200],
-                "sources": sorted({str(p.image_path.parent.parent) for p in pairs
-                                   if p.image_path is not None})[:20],
+                "sources": sorted(
+                    {str(p.image_path.parent.parent) for p in pairs if p.image_path is not None}
+                )[:20],
                 "atlas": atlas.summary,
             },
             "intensity": atlas.intensity.to_dict(),
@@ -246,8 +250,9 @@ def learn(
             "cells": {
                 "crop_size": settings.crop_size,
                 "scales": [round(float(s), 4) for s in atlas.table["scale"]],
-                "density": _density(pairs, sum(count_cells(p.labels, p.annotated_slices)
-                                                for p in pairs)),
+                "density": _density(
+                    pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
+                ),
                 "median_area": float(np.median(atlas.table["area"])),
             },
             "settings": settings.to_dict(),
@@ -261,23 +266,27 @@ def learn(
     def checkpoint() -> str:
         elapsed = elapsed0 + time.monotonic() - t_start
         bundle.meta["training"] = {
-            name: {"steps": t.step, "final_loss": t.running,
-                   "loss_curve": t.losses[-400:]} for name, t in trainers.items()
+            name: {"steps": t.step, "final_loss": t.running, "loss_curve": t.losses[-400:]}
+            for name, t in trainers.items()
         }
         bundle.meta["training"]["seconds"] = round(elapsed, 1)
         bundle.meta["training"]["device"] = str(device)
         bundle.save(out)
         for name, t in trainers.items():
             t.model.save_pretrained(out / "training_state" / name, safe_serialization=True)
-            save_optimizer(t.optimizer, out / "training_state" / f"{name}_optimizer",
-                           {"step": t.step})
+            save_optimizer(
+                t.optimizer, out / "training_state" / f"{name}_optimizer", {"step": t.step}
+            )
         from cellsynth.io import write_json
 
-        write_json(out / "training_state" / "state.json", {
-            "elapsed": elapsed,
-            "losses": {n: t.losses for n, t in trainers.items()},
-            "settings": settings.to_dict(),
-        })
+        write_json(
+            out / "training_state" / "state.json",
+            {
+                "elapsed": elapsed,
+                "losses": {n: t.losses for n, t in trainers.items()},
+                "settings": settings.to_dict(),
+            },
+        )
         return str(out)
 
     budget = settings.minutes * 60.0 if settings.minutes else None
@@ -327,11 +336,15 @@ def learn(
             frac_steps = float(np.mean([min(t.fraction(), 1.0) for t in trainers.values()]))
             frac = max(frac_steps, elapsed / budget if budget else 0.0)
             yield Progress(
-                step=step, mask_step=trainers["mask_model"].step,
+                step=step,
+                mask_step=trainers["mask_model"].step,
                 texture_step=trainers["texture_model"].step,
                 mask_target=trainers["mask_model"].target,
                 texture_target=trainers["texture_model"].target,
-                model=tr.name, loss=lv, elapsed=elapsed0 + elapsed, fraction=min(frac, 1.0),
+                model=tr.name,
+                loss=lv,
+                elapsed=elapsed0 + elapsed,
+                fraction=min(frac, 1.0),
                 checkpoint=ckpt,
             )
     finally:
@@ -339,10 +352,15 @@ def learn(
             checkpoint()
             log.info("saved bundle to %s", out)
     yield Progress(
-        step=step, mask_step=trainers["mask_model"].step,
+        step=step,
+        mask_step=trainers["mask_model"].step,
         texture_step=trainers["texture_model"].step,
         mask_target=trainers["mask_model"].target,
         texture_target=trainers["texture_model"].target,
-        model="", loss=float("nan"), elapsed=elapsed0 + time.monotonic() - t_start, fraction=1.0,
-        checkpoint=str(out), done=True,
+        model="",
+        loss=float("nan"),
+        elapsed=elapsed0 + time.monotonic() - t_start,
+        fraction=1.0,
+        checkpoint=str(out),
+        done=True,
     )

@@ -21,15 +21,20 @@ log = logging.getLogger(__name__)
 
 def mask_config(size: int = 32, widths: tuple[int, ...] = (32, 64, 64)) -> DiffusionConfig:
     return DiffusionConfig(
-        sample_size=size, in_channels=1, cond_channels=0, out_channels=1, widths=widths,
-        layers_per_block=1, attention=(False,) * (len(widths) - 1) + (True,),
+        sample_size=size,
+        in_channels=1,
+        cond_channels=0,
+        out_channels=1,
+        widths=widths,
+        layers_per_block=1,
+        attention=(False,) * (len(widths) - 1) + (True,),
         sampling_steps=12,
     )
 
 
 def prepare_mask_crops(masks: np.ndarray, size: int) -> np.ndarray:
     """Atlas crops (N, S, S) {0, 1} -> float32 (N, size, size) in [-1, 1] (area-averaged)."""
-    n, s, _ = masks.shape
+    s = masks.shape[-1]
     m = masks.astype(np.float32)
     if s != size:
         t = torch.from_numpy(m)[:, None]
@@ -46,9 +51,7 @@ def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return batch
 
 
-def mask_batch(
-    crops: torch.Tensor, batch_size: int, generator: torch.Generator
-) -> torch.Tensor:
+def mask_batch(crops: torch.Tensor, batch_size: int, generator: torch.Generator) -> torch.Tensor:
     idx = torch.randint(0, crops.shape[0], (batch_size,), generator=generator)
     return augment(crops[idx][:, None], generator)
 
@@ -107,8 +110,9 @@ def resize_mask(m: np.ndarray, side: int) -> np.ndarray:
     from scipy.ndimage import gaussian_filter
 
     t = torch.from_numpy(m.astype(np.float32))[None, None]
-    up = torch.nn.functional.interpolate(t, size=(side, side), mode="bilinear",
-                                         align_corners=False)[0, 0].numpy()
+    up = torch.nn.functional.interpolate(
+        t, size=(side, side), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
     sigma = 0.6 * side / m.shape[0]  # smooth the staircase of the small mask's pixels
     if sigma > 0.5:
         up = gaussian_filter(up, sigma, mode="constant")
@@ -119,8 +123,9 @@ def resize_mask(m: np.ndarray, side: int) -> np.ndarray:
     return r[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
 
 
-def draw_sides(scales: np.ndarray, crop_size: int, n: int, rng: np.random.Generator,
-               size_factor: float = 1.0) -> np.ndarray:
+def draw_sides(
+    scales: np.ndarray, crop_size: int, n: int, rng: np.random.Generator, size_factor: float = 1.0
+) -> np.ndarray:
     """Crop sides in pixels for ``n`` new cells, drawn from the atlas' observed cell scales."""
     scales = np.asarray(scales, dtype=np.float64)
     scales = scales[np.isfinite(scales) & (scales > 0)]

@@ -17,13 +17,22 @@ FIGURE_FEATURES = ("area", "eccentricity", "solidity", "mean_intensity")
 
 def tables_of(pairs: Sequence[Pair]) -> dict[str, np.ndarray]:
     """The per-cell table of several labelled pairs, concatenated."""
-    tabs = [cell_table(p.labels, p.image, voxel_size=p.voxel_size,
-                       annotated_slices=p.annotated_slices, name=p.name) for p in pairs]
+    tabs = [
+        cell_table(
+            p.labels,
+            p.image,
+            voxel_size=p.voxel_size,
+            annotated_slices=p.annotated_slices,
+            name=p.name,
+        )
+        for p in pairs
+    ]
     return {k: np.concatenate([t[k] for t in tabs]) for k in tabs[0]}
 
 
-def realism_summary(real: Sequence[Pair], synthetic: Sequence[Pair],
-                    seed: int = 0) -> dict[str, Any]:
+def realism_summary(
+    real: Sequence[Pair], synthetic: Sequence[Pair], seed: int = 0
+) -> dict[str, Any]:
     """Synthetic-to-real distances next to real-to-real ones (two disjoint halves of the real set).
 
     Real-to-real needs at least two real images; the halves are a seeded random split.
@@ -31,8 +40,10 @@ def realism_summary(real: Sequence[Pair], synthetic: Sequence[Pair],
     real_t = tables_of(real)
     synth_t = tables_of(synthetic)
     out: dict[str, Any] = {
-        "n_real_images": len(real), "n_synthetic_images": len(synthetic),
-        "n_real_cells": int(len(real_t["label"])), "n_synthetic_cells": int(len(synth_t["label"])),
+        "n_real_images": len(real),
+        "n_synthetic_images": len(synthetic),
+        "n_real_cells": len(real_t["label"]),
+        "n_synthetic_cells": len(synth_t["label"]),
         "synthetic_to_real": realism_distances(real_t, synth_t),
     }
     if len(real) >= 2:
@@ -43,8 +54,9 @@ def realism_summary(real: Sequence[Pair], synthetic: Sequence[Pair],
     return out
 
 
-def realism_figure(real: Sequence[Pair], synthetic: Sequence[Pair], path: str | Path,
-                   title: str = "") -> Path:
+def realism_figure(
+    real: Sequence[Pair], synthetic: Sequence[Pair], path: str | Path, title: str = ""
+) -> Path:
     """Histograms of cell features (real vs synthetic) and one real and one synthetic example."""
     import matplotlib
 
@@ -63,8 +75,9 @@ def realism_figure(real: Sequence[Pair], synthetic: Sequence[Pair], path: str | 
                 img = p.image.astype(np.float32)
                 lo, hi = np.percentile(img, (0.5, 99.8))
                 ax.imshow(np.clip((img - lo) / max(hi - lo, 1e-6), 0, 1), cmap="gray")
-                edge = np.ma.masked_where(~find_boundaries(p.labels, mode="inner"),
-                                          np.ones(p.labels.shape))
+                edge = np.ma.masked_where(
+                    ~find_boundaries(p.labels, mode="inner"), np.ones(p.labels.shape)
+                )
                 ax.imshow(edge, cmap="autumn", alpha=0.9, interpolation="nearest")
                 ax.set_title(f"{name}: {p.name} ({count_cells(p.labels)} cells)", fontsize=9)
             ax.axis("off")

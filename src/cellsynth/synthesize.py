@@ -66,8 +66,9 @@ class SyntheticPair:
 class Synthesizer:
     """Draw synthetic image/label pairs from a :class:`GeneratorBundle`."""
 
-    def __init__(self, bundle: GeneratorBundle | str | Path | None = None,
-                 device: str | Any = "auto") -> None:
+    def __init__(
+        self, bundle: GeneratorBundle | str | Path | None = None, device: str | Any = "auto"
+    ) -> None:
         self.device = select_device(device)
         if not isinstance(bundle, GeneratorBundle):
             bundle = GeneratorBundle.load(bundle, device=self.device)
@@ -75,15 +76,26 @@ class Synthesizer:
         self.mask_sampler = bundle.mask_sampler()
         self.texture_sampler = bundle.texture_sampler()
 
-    def cell_masks(self, n: int, rng: np.random.Generator, gen: torch.Generator,
-                   steps: int | None = None, size_factor: float = 1.0) -> list[np.ndarray]:
+    def cell_masks(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+        steps: int | None = None,
+        size_factor: float = 1.0,
+    ) -> list[np.ndarray]:
         """``n`` single-cell masks at sizes drawn from the training data."""
         if n == 0:
             return []
         b = self.bundle
         norm = sample_masks(
-            b.mask_unet, self.mask_sampler, n, size=b.mask_cfg.sample_size,
-            steps=steps or b.mask_cfg.sampling_steps, generator=gen, device=self.device,
+            b.mask_unet,
+            self.mask_sampler,
+            n,
+            size=b.mask_cfg.sample_size,
+            steps=steps or b.mask_cfg.sampling_steps,
+            generator=gen,
+            device=self.device,
         )
         sides = draw_sides(b.scales, b.crop_size, len(norm), rng, size_factor)
         return [resize_mask(m, int(s)) for m, s in zip(norm, sides, strict=True)]
@@ -92,24 +104,36 @@ class Synthesizer:
         params.validate()
         b = self.bundle
         rng, gen = seeded(params.seed)
-        n = params.cells if params.cells is not None else cells_for_canvas(
-            b.density, params.size, rng)
+        n = (
+            params.cells
+            if params.cells is not None
+            else cells_for_canvas(b.density, params.size, rng)
+        )
         t0 = time.perf_counter()
         masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
         t1 = time.perf_counter()
         pop = place_cells(masks, params.size, cluster_prob=params.cluster_prob, rng=rng)
         t2 = time.perf_counter()
         image = paint(
-            b.texture_unet, self.texture_sampler, pop.labels, b.intensity, cfg=b.texture_cfg,
-            steps=params.steps or b.texture_cfg.sampling_steps, generator=gen,
+            b.texture_unet,
+            self.texture_sampler,
+            pop.labels,
+            b.intensity,
+            cfg=b.texture_cfg,
+            steps=params.steps or b.texture_cfg.sampling_steps,
+            generator=gen,
             device=self.device,
         )
         t3 = time.perf_counter()
         log.debug("masks %.2fs, population %.2fs, texture %.2fs", t1 - t0, t2 - t1, t3 - t2)
         info = asdict(params)
-        info.update(size=list(params.size), cells_requested=n, cells_placed=pop.n_cells,
-                    bundle=str(b.path) if b.path else None,
-                    timing={"masks": t1 - t0, "population": t2 - t1, "texture": t3 - t2})
+        info.update(
+            size=list(params.size),
+            cells_requested=n,
+            cells_placed=pop.n_cells,
+            bundle=str(b.path) if b.path else None,
+            timing={"masks": t1 - t0, "population": t2 - t1, "texture": t3 - t2},
+        )
         return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)
 
 
@@ -128,21 +152,31 @@ def synthesize(
         raise CellsynthInputError(f"-n must be >= 1, got {n}")
     synth = Synthesizer(bundle, device=device)
     b = synth.bundle
-    writer = DatasetWriter(out, voxel_size=b.voxel_size, origin="synthetic",
-                           meta={"bundle": str(b.path) if b.path else None})
+    writer = DatasetWriter(
+        out,
+        voxel_size=b.voxel_size,
+        origin="synthetic",
+        meta={"bundle": str(b.path) if b.path else None},
+    )
     for i in range(n):
         p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})
         pair = synth.sample(p)
         name = writer.free_name(prefix)
-        record = {"origin": "synthetic", "bundle": str(b.path) if b.path else None,
-                  **pair.params, "status": "unreviewed"}
+        record = {
+            "origin": "synthetic",
+            "bundle": str(b.path) if b.path else None,
+            **pair.params,
+            "status": "unreviewed",
+        }
         writer.add(name, pair.image, pair.labels, record=record)
         yield i + 1, n, name
 
 
 def sample_many(synth: Synthesizer, params: SynthesisParams, n: int) -> list[SyntheticPair]:
-    return [synth.sample(SynthesisParams(**{**asdict(params), "seed": params.seed + i}))
-            for i in range(n)]
+    return [
+        synth.sample(SynthesisParams(**{**asdict(params), "seed": params.seed + i}))
+        for i in range(n)
+    ]
 
 
 def realism_tables(pairs: Sequence[SyntheticPair]) -> dict[str, np.ndarray]:

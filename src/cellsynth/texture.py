@@ -30,8 +30,14 @@ N_COND = 3
 
 def texture_config(widths: tuple[int, ...] = (32, 48, 64), tile: int = 64) -> DiffusionConfig:
     return DiffusionConfig(
-        sample_size=tile, in_channels=1, cond_channels=N_COND, out_channels=1, widths=widths,
-        layers_per_block=1, attention=(False,) * len(widths), sampling_steps=10,
+        sample_size=tile,
+        in_channels=1,
+        cond_channels=N_COND,
+        out_channels=1,
+        widths=widths,
+        layers_per_block=1,
+        attention=(False,) * len(widths),
+        sampling_steps=10,
     )
 
 
@@ -52,18 +58,25 @@ def label_condition(labels: np.ndarray) -> np.ndarray:
         peak = ndimage.maximum(dist, seq, index=np.arange(1, seq.max() + 1))
         peak = np.concatenate([[1.0], np.maximum(np.asarray(peak, np.float64), 1.0)])
         norm = (dist / peak[seq]).astype(np.float32)
-    return np.stack([
-        fg.astype(np.float32) * 2 - 1,
-        boundary.astype(np.float32) * 2 - 1,
-        norm * 2 - 1,
-    ]).astype(np.float32)
+    return np.stack(
+        [
+            fg.astype(np.float32) * 2 - 1,
+            boundary.astype(np.float32) * 2 - 1,
+            norm * 2 - 1,
+        ]
+    ).astype(np.float32)
 
 
 class TextureTiles:
     """Random training tiles of (normalised image, condition) from real 2D images/slices."""
 
-    def __init__(self, images: Sequence[np.ndarray], labels: Sequence[np.ndarray],
-                 stats: IntensityStats, tile: int) -> None:
+    def __init__(
+        self,
+        images: Sequence[np.ndarray],
+        labels: Sequence[np.ndarray],
+        stats: IntensityStats,
+        tile: int,
+    ) -> None:
         self.tile = tile
         self.x: list[torch.Tensor] = []
         self.c: list[torch.Tensor] = []
@@ -80,7 +93,9 @@ class TextureTiles:
         w = np.asarray(self.weights)
         self.p = torch.from_numpy(w / w.sum())
 
-    def batch(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(
+        self, batch_size: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         t = self.tile
         idx = torch.multinomial(self.p, batch_size, replacement=True, generator=generator)
         xs, cs = [], []
@@ -138,8 +153,16 @@ def paint(
         noise = torch.nn.functional.pad(noise, (0, pw, 0, ph))
     c = torch.from_numpy(cond).to(device)
     tile = max_side if max(h + ph, w + pw) > max_side else None
-    x = ddim_sample(unet, sampler, noise.to(device), c, steps=steps, tile=tile,
-                    overlap=min(64, max_side // 4), batch_size=batch_size)
+    x = ddim_sample(
+        unet,
+        sampler,
+        noise.to(device),
+        c,
+        steps=steps,
+        tile=tile,
+        overlap=min(64, max_side // 4),
+        batch_size=batch_size,
+    )
     out = to_numpy(x)[:, 0, :h, :w]
     img = stats.denormalise((np.clip(out, -1.5, 1.5) + 1.0) / 2.0)
     return img if lab.ndim == 3 else img[0]

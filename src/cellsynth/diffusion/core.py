@@ -95,7 +95,9 @@ def make_sampler(train_scheduler: Any) -> Any:
     from diffusers import DDIMScheduler
 
     return DDIMScheduler.from_config(
-        train_scheduler.config, timestep_spacing="trailing", clip_sample=False,
+        train_scheduler.config,
+        timestep_spacing="trailing",
+        clip_sample=False,
         set_alpha_to_one=False,
     )
 
@@ -129,7 +131,7 @@ def _tile_starts(n: int, tile: int, overlap: int) -> list[int]:
     if n <= tile:
         return [0]
     step = tile - overlap
-    starts = list(range(0, n - tile, step)) + [n - tile]
+    starts = [*range(0, n - tile, step), n - tile]
     return sorted(set(starts))
 
 
@@ -158,8 +160,9 @@ def tiled_forward(
             wt = (wy[:, None] * wx[None, :])[None, None]
             pred = model(inp[:, :, y : y + th, x : x + tw], t).sample
             if out is None:
-                out = torch.zeros((inp.shape[0], pred.shape[1], h, w), dtype=pred.dtype,
-                                  device=pred.device)
+                out = torch.zeros(
+                    (inp.shape[0], pred.shape[1], h, w), dtype=pred.dtype, device=pred.device
+                )
             out[:, :, y : y + th, x : x + tw] += pred * wt
             weight[:, :, y : y + th, x : x + tw] += wt
     assert out is not None
@@ -245,8 +248,9 @@ def save_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path, extra: 
     tmp = folder / "optimizer.safetensors.tmp"
     save_file(tensors, str(tmp))
     tmp.replace(folder / "optimizer.safetensors")
-    write_json(folder / "optimizer.json", {"param_groups": sd["param_groups"],
-                                           "scalars": scalars, **extra})
+    write_json(
+        folder / "optimizer.json", {"param_groups": sd["param_groups"], "scalars": scalars, **extra}
+    )
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path) -> dict:
