@@ -1,0 +1,254 @@
+"""Cellpose fine-tuning, segmentation, scoring and subprocess jobs (tiny runs on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+import tifffile
+from conftest import disks, image_for, shared_data
+
+from cellsynth.cli import main
+from cellsynth.errors import CellsynthInputError
+from cellsynth.io import read_dataset
+from cellsynth.jobs import SubprocessJob
+from cellsynth.segment import (
+    FinetuneSettings,
+    check_model_file,
+    finetune,
+    load_model,
+    mixing_probabilities,
+    read_log,
+)
+
+FAST = dict(bsize=64, batch_size=4, device="cpu")
+
+
+def _folder(root, n, seed, shape=(96, 96)):
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        centres = [tuple(c) for c in rng.integers(12, shape[0] - 12, (6, 2))]
+        lab = disks(shape=shape, centres=centres, radius=6)
+        tifffile.imwrite(root / "images" / f"s{seed}_{i}.tif", image_for(lab, i))
+        tifffile.imwrite(root / "labels" / f"s{seed}_{i}.tif", lab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def real_dir(tmp_path_factory):
+    return _folder(tmp_path_factory.mktemp("real"), 3, 0)
+
+
+@pytest.fixture(scope="module")
+def synth_dir(tmp_path_factory):
+    return _folder(tmp_path_factory.mktemp("synth"), 5, 1)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(real_dir, synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("models") / "tiny"
+    real = read_dataset(real_dir).pairs
+    synth = read_dataset(synth_dir).pairs
+    for _ in finetune(real, synth, out, FinetuneSettings(epochs=2, **FAST)):
+        pass
+    return out
+
+
+def test_mixing_probabilities_give_p_real_to_the_real_set():
+    p = mixing_probabilities(3, 7, 0.6)
+    assert p.sum() == pytest.approx(1.0)
+    assert p[:3].sum() == pytest.approx(0.6)
+    assert np.allclose(mixing_probabilities(4, 0, 0.6), 0.25)
+
+
+@pytest.mark.parametrize("p_real", [0.9, 0.2])
+def test_p_real_changes_which_images_are_drawn(real_dir, synth_dir, tmp_path, monkeypatch, p_real):
+    from cellpose import train
+
+    drawn: list[int] = []
+    original = train._get_batch
+
+    def counting(inds, *args, **kwargs):
+        drawn.extend(int(i) for i in inds)
+        return original(inds, *args, **kwargs)
+
+    monkeypatch.setattr(train, "_get_batch", counting)
+    real, synth = read_dataset(real_dir).pairs, read_dataset(synth_dir).pairs
+    settings = FinetuneSettings(
+        epochs=3, nimg_per_epoch=40, bsize=32, batch_size=20, p_real=p_real, device="cpu"
+    )
+    for _ in finetune(real, synth, tmp_path / "m", settings):
+        pass
+    share_real = np.mean(np.asarray(drawn) < len(real))  # real images come first
+    assert len(drawn) == 120
+    assert share_real == pytest.approx(p_real, abs=0.12)
+
+
+def test_finetuned_model_loads_in_plain_cellpose_and_segments(tiny_model, real_dir):
+    from cellpose import models
+
+    m = models.CellposeModel(pretrained_model=str(tiny_model))
+    assert m.diam_labels > 0
+    assert tiny_model.with_name("tiny.safetensors").exists()
+    log = read_log(tiny_model)
+    assert log["n_real"] == 3 and log["n_synthetic"] == 5
+    assert len(log["epoch_losses"]) == 2
+    assert log["p_real_effective"] == pytest.approx(0.6)
+    labels = load_model(tiny_model.with_name("tiny.safetensors"), "cpu")
+    assert labels.diam_labels == pytest.approx(m.diam_labels)
+
+
+def test_progress_reports_every_batch(real_dir, tmp_path):
+    reports = list(
+        finetune(
+            read_dataset(real_dir).pairs,
+            [],
+            tmp_path / "m",
+            FinetuneSettings(epochs=2, nimg_per_epoch=8, **FAST),
+        )
+    )
+    assert [r.batch for r in reports[:-1]] == [1, 2, 3, 4]
+    assert reports[-1].done and reports[-1].model == str(tmp_path / "m")
+    assert reports[-1].fraction == 1.0
+
+
+def test_cancelling_keeps_the_last_weights_loadable(real_dir, tmp_path):
+    gen = finetune(
+        read_dataset(real_dir).pairs,
+        [],
+        tmp_path / "m",
+        FinetuneSettings(epochs=50, nimg_per_epoch=8, **FAST),
+    )
+    next(gen)
+    gen.close()
+    assert read_log(tmp_path / "m")["cancelled"] is True
+    load_model(tmp_path / "m", "cpu")
+
+
+def test_cli_finetune_segment_evaluate_and_score(real_dir, synth_dir, tiny_model, tmp_path, capsys):
+    out = tmp_path / "seg"
+    assert (
+        main(
+            [
+                "segment",
+                str(real_dir / "images"),
+                "--model",
+                str(tiny_model),
+                "-o",
+                str(out),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["s0_0.tif", "s0_1.tif", "s0_2.tif"]
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(tiny_model), str(real_dir), "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_images"] == 3 and summary["n_reference"] > 0
+    assert main(["score", str(synth_dir), "--model", str(tiny_model), "--device", "cpu"]) == 0
+    meta = json.loads((synth_dir / "dataset.json").read_text())
+    assert all("quality" in rec for rec in meta["samples"].values())
+
+
+def test_a_file_that_is_not_a_cellpose_model_is_refused(tmp_path):
+    bad = tmp_path / "model.pth"
+    bad.write_bytes(b"not a model at all")
+    with pytest.raises(CellsynthInputError, match="not a Cellpose model"):
+        check_model_file(bad)
+    with pytest.raises(CellsynthInputError, match="not found"):
+        check_model_file(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("case", ["unlabelled", "mismatch", "empty_synthetic", "bad_model"])
+def test_cli_finetune_bad_input_is_one_line(real_dir, tmp_path, capsys, case):
+    args = ["finetune", "--real", str(real_dir), "--epochs", "1", "-o", str(tmp_path / "m")]
+    if case == "unlabelled":
+        d = tmp_path / "u" / "images"
+        d.mkdir(parents=True)
+        (tmp_path / "u" / "labels").mkdir()
+        tifffile.imwrite(d / "a.tif", np.zeros((32, 32), np.uint8))
+        args[2] = str(tmp_path / "u")
+        expected = "have no labels"
+    elif case == "mismatch":
+        d = _folder(tmp_path / "mm", 1, 5)
+        tifffile.imwrite(d / "labels" / "s5_0.tif", disks(shape=(40, 40)))
+        args[2] = str(d)
+        expected = "does not match labels shape"
+    elif case == "empty_synthetic":
+        (tmp_path / "empty").mkdir()
+        args += ["--synthetic", str(tmp_path / "empty")]
+        expected = "holds no images"
+    else:
+        bad = tmp_path / "x.pth"
+        bad.write_bytes(b"junk")
+        args += ["--pretrained", str(bad)]
+        expected = "not a Cellpose model"
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0]
+    assert not (tmp_path / "m").exists()
+
+
+def test_subprocess_job_can_be_cancelled_and_keeps_its_checkpoint(real_dir, tmp_path):
+    out = tmp_path / "m"
+    job = SubprocessJob(
+        "finetune",
+        {
+            "real": [str(real_dir)],
+            "output": str(out),
+            "settings": {"epochs": 500, "nimg_per_epoch": 8, **FAST},
+        },
+    ).start()
+    seen = 0
+    t0 = time.time()
+    for msg in job.messages():
+        if msg.kind == "progress":
+            seen += 1
+            if seen == 2:
+                job.cancel()
+        assert time.time() - t0 < 180
+    assert job.result.kind == "cancelled"
+    assert not job.running
+    load_model(out, "cpu")
+    assert read_log(out)["cancelled"] is True
+
+
+def test_a_failing_subprocess_job_reports_its_error(tmp_path):
+    job = SubprocessJob(
+        "finetune", {"real": [str(tmp_path / "nowhere")], "output": str(tmp_path / "m")}
+    )
+    messages = list(job.start().messages())
+    assert messages[-1].kind == "error"
+    assert "no such file or folder" in messages[-1].data
+
+
+@pytest.mark.shared_data
+def test_finetune_on_gowt1_crops_then_evaluate(tmp_path, capsys):
+    gowt1 = shared_data("ctc_Fluo-N2DH-GOWT1")
+    crops = tmp_path / "gowt1_crops"
+    (crops / "images").mkdir(parents=True)
+    (crops / "labels").mkdir()
+    for p in read_dataset(gowt1).pairs[:2]:
+        tifffile.imwrite(crops / "images" / f"{p.name}.tif", p.image[256:768, 256:768])
+        tifffile.imwrite(crops / "labels" / f"{p.name}.tif", p.labels[256:768, 256:768])
+    model = tmp_path / "gowt1_model"
+    assert (
+        main(
+            ["finetune", "--real", str(crops), "--epochs", "2", "-o", str(model), "--device", "cpu"]
+        )
+        == 0
+    )
+    from cellpose import models
+
+    models.CellposeModel(pretrained_model=str(model))
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(model), str(crops), "--device", "cpu"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["n_images"] == 2
+    assert set(summary) >= {"SEG", "AP50", "bPQ"}
