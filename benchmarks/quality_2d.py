@@ -50,16 +50,23 @@ def main() -> int:
     s2a, s2b = realism_distances(ta, ts), realism_distances(tb, ts)
     s2r = {f: {k: (s2a[f][k] + s2b[f][k]) / 2 for k in s2a[f]} for f in s2a if f in s2b}
     out = {
-        "data": str(args.data), "bundle": str(args.bundle), "canvas": list(size),
-        "real_frames": [len(half_a), len(half_b)], "synthetic_frames": args.n,
-        "cells": {"real": int(len(ta["label"]) + len(tb["label"])),
-                  "synthetic": int(len(ts["label"]))},
+        "data": str(args.data),
+        "bundle": str(args.bundle),
+        "canvas": list(size),
+        "real_frames": [len(half_a), len(half_b)],
+        "synthetic_frames": args.n,
+        "cells": {"real": int(len(ta["label"]) + len(tb["label"])), "synthetic": len(ts["label"])},
         "seconds_per_synthetic_frame": round(seconds, 2),
-        "real_to_real": r2r, "synthetic_to_real": s2r,
+        "real_to_real": r2r,
+        "synthetic_to_real": s2r,
     }
     if args.figure:
-        realism_figure(real, fake, args.figure,
-                       title=f"{args.data.name}: real vs synthetic ({args.bundle.name})")
+        realism_figure(
+            real,
+            fake,
+            args.figure,
+            title=f"{args.data.name}: real vs synthetic ({args.bundle.name})",
+        )
     print(json.dumps(out))
     return 0
 

@@ -8,7 +8,6 @@ import time
 import numpy as np
 import pytest
 import tifffile
-from conftest import disks, image_for, shared_data
 
 from cellsynth.cli import main
 from cellsynth.errors import CellsynthInputError
@@ -22,6 +21,7 @@ from cellsynth.segment import (
     mixing_probabilities,
     read_log,
 )
+from conftest import disks, image_for, shared_data
 
 FAST = dict(bsize=64, batch_size=4, device="cpu")
 

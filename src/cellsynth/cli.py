@@ -120,8 +120,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _report_evaluation(ev: Any, args: argparse.Namespace) -> int:
     from cellsynth.io import write_json
 
-    print_table(ev.rows(), ["name", "n_reference", "n_predicted", "SEG", "AP50", "AP75", "AP90",
-                            "bPQ"])
+    print_table(
+        ev.rows(), ["name", "n_reference", "n_predicted", "SEG", "AP50", "AP75", "AP90", "bPQ"]
+    )
     summary = ev.summary()
     if args.json:
         write_json(args.json, _json_safe({"summary": summary, "frames": ev.rows()}))
@@ -265,11 +266,15 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     for d in args.synthetic or []:
         ds = read_dataset(d, require_labels=True)
         synthetic.extend(ds.pairs)
-    settings = FinetuneSettings(epochs=args.epochs, p_real=args.p_real,
-                                learning_rate=args.learning_rate,
-                                pretrained=str(args.pretrained) if args.pretrained else None,
-                                device=args.device, seed=args.seed,
-                                nimg_per_epoch=args.images_per_epoch)
+    settings = FinetuneSettings(
+        epochs=args.epochs,
+        p_real=args.p_real,
+        learning_rate=args.learning_rate,
+        pretrained=str(args.pretrained) if args.pretrained else None,
+        device=args.device,
+        seed=args.seed,
+        nimg_per_epoch=args.images_per_epoch,
+    )
     bar = _progress_bar(args.epochs, "fine-tuning", unit="epoch")
     job = finetune(real, synthetic, args.output, settings)
     last = None
@@ -286,9 +291,18 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         return 130
     bar.close()
     print(f"Cellpose model written to {args.output} (+ .safetensors, training log .log.json)")
-    print(json.dumps(_json_safe({"model": str(args.output), "epochs": args.epochs,
-                                 "final_loss": last.loss if last else None,
-                                 "seconds": round(last.elapsed, 1) if last else None})))
+    print(
+        json.dumps(
+            _json_safe(
+                {
+                    "model": str(args.output),
+                    "epochs": args.epochs,
+                    "final_loss": last.loss if last else None,
+                    "seconds": round(last.elapsed, 1) if last else None,
+                }
+            )
+        )
+    )
     return 0
 
 
@@ -306,8 +320,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
     bar = _progress_bar(len(pairs), "segmenting", unit="image")
     for p in pairs:
         labels = segment(model, p.image, diameter=args.diameter)
-        written.append(str(write_tiff(args.output / f"{p.name}.tif", labels,
-                                      voxel_size=p.voxel_size)))
+        written.append(
+            str(write_tiff(args.output / f"{p.name}.tif", labels, voxel_size=p.voxel_size))
+        )
         bar.update(1)
     bar.close()
     print(f"{len(written)} label images written to {args.output}")
@@ -327,13 +342,25 @@ def cmd_score(args: argparse.Namespace) -> int:
     writer = DatasetWriter(args.dataset)
     for r in rows:
         writer.meta["samples"].setdefault(r["name"], {})["quality"] = {
-            "SEG": r["SEG"], "IoU": r["IoU"], "model": str(args.model)}
+            "SEG": r["SEG"],
+            "IoU": r["IoU"],
+            "model": str(args.model),
+        }
     writer.save()
-    rows.sort(key=lambda r: (r["SEG"] if r["SEG"] == r["SEG"] else -1))
+    rows.sort(key=lambda r: r["SEG"] if r["SEG"] == r["SEG"] else -1)
     print_table(rows, ["name", "SEG", "IoU", "n_labels", "n_predicted"])
     segs = [r["SEG"] for r in rows if r["SEG"] == r["SEG"]]
-    print(json.dumps(_json_safe({"dataset": str(args.dataset), "n": len(rows),
-                                 "mean_SEG": sum(segs) / len(segs) if segs else None})))
+    print(
+        json.dumps(
+            _json_safe(
+                {
+                    "dataset": str(args.dataset),
+                    "n": len(rows),
+                    "mean_SEG": sum(segs) / len(segs) if segs else None,
+                }
+            )
+        )
+    )
     return 0
 
 
@@ -375,11 +402,18 @@ def build_parser() -> argparse.ArgumentParser:
         "number (t013.tif <-> man_seg013.tif). Prints a per-image table and, as the last line, "
         "a JSON object with SEG, AP50, AP75, AP90, bPQ, n_images, n_reference.",
     )
-    p.add_argument("pred", type=Path,
-                   help="predicted labels (file or folder); with --model: the data to segment")
+    p.add_argument(
+        "pred",
+        type=Path,
+        help="predicted labels (file or folder); with --model: the data to segment",
+    )
     p.add_argument("gt", type=Path, nargs="?", help="reference labels (file or folder)")
-    p.add_argument("--model", type=Path, default=None,
-                   help="segment PRED's images with this Cellpose model, score against its labels")
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=None,
+        help="segment PRED's images with this Cellpose model, score against its labels",
+    )
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda or mps")
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write summary and per-image rows here"
@@ -496,44 +530,68 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
-        "finetune", help="train a Cellpose model on real (+ synthetic) data",
+        "finetune",
+        help="train a Cellpose model on real (+ synthetic) data",
         description="Train Cellpose 3 from scratch or from a local model file on real and "
         "synthetic pairs, drawing real images with probability --p-real. 3D stacks train on "
         "their annotated slices. Writes a Cellpose model file (loadable by Cellpose's CLI/GUI), "
         "a .safetensors copy and a .log.json training log.",
     )
     p.add_argument("--real", type=Path, nargs="+", required=True, help="real annotated data")
-    p.add_argument("--synthetic", type=Path, nargs="*", default=[],
-                   help="synthetic (curated) dataset folders")
-    p.add_argument("--p-real", type=float, default=0.6,
-                   help="probability that a training image is real (default 0.6)")
+    p.add_argument(
+        "--synthetic", type=Path, nargs="*", default=[], help="synthetic (curated) dataset folders"
+    )
+    p.add_argument(
+        "--p-real",
+        type=float,
+        default=0.6,
+        help="probability that a training image is real (default 0.6)",
+    )
     p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
-    p.add_argument("--images-per-epoch", type=int, default=None,
-                   help="images drawn per epoch (default: max(8, number of images))")
-    p.add_argument("--learning-rate", type=float, default=None,
-                   help="default 0.005 from scratch, 1e-4 from --pretrained")
-    p.add_argument("--pretrained", type=Path, default=None,
-                   help="start from this local Cellpose model file (default: from scratch)")
+    p.add_argument(
+        "--images-per-epoch",
+        type=int,
+        default=None,
+        help="images drawn per epoch (default: max(8, number of images))",
+    )
+    p.add_argument(
+        "--learning-rate",
+        type=float,
+        default=None,
+        help="default 0.005 from scratch, 1e-4 from --pretrained",
+    )
+    p.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="start from this local Cellpose model file (default: from scratch)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
-        "segment", help="segment images with a Cellpose model, write label TIFFs",
+        "segment",
+        help="segment images with a Cellpose model, write label TIFFs",
         description="Segment 2D images or 3D stacks (files or folders) with a Cellpose model and "
         "write one label TIFF per image into OUT (never next to your images).",
     )
     p.add_argument("inputs", type=Path, nargs="+", help="images or folders")
     p.add_argument("--model", type=Path, required=True, help="Cellpose model file")
-    p.add_argument("--diameter", type=float, default=None,
-                   help="cell diameter in px (default: the model's training diameter)")
+    p.add_argument(
+        "--diameter",
+        type=float,
+        default=None,
+        help="cell diameter in px (default: the model's training diameter)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_segment)
 
     p = sub.add_parser(
-        "score", help="quality score of synthetic pairs: does a segmenter agree with the labels?",
+        "score",
+        help="quality score of synthetic pairs: does a segmenter agree with the labels?",
         description="Segment each image of a (synthetic) dataset folder with MODEL and score the "
         "agreement with its labels (SEG and foreground IoU, paper 003). The scores are written "
         "into dataset.json, for curation to sort by.",

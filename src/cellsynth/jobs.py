@@ -67,8 +67,9 @@ def child_main(argv: list[str] | None = None) -> int:
     """Entry point of the child process: ``python -m cellsynth.jobs SPEC.json``."""
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
     gen = None
     try:
         gen = RUNNERS[spec["kind"]](spec)
@@ -115,7 +116,10 @@ class SubprocessJob:
         env.setdefault("PYTHONUNBUFFERED", "1")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cellsynth.jobs", str(self._spec_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
             start_new_session=True,  # a Ctrl-C in the terminal of napari does not reach it
         )
         threading.Thread(target=self._drain_stderr, daemon=True).start()
@@ -147,8 +151,9 @@ class SubprocessJob:
             tail = " | ".join(self.stderr_tail[-3:])
             self.result = JobMessage(
                 "cancelled" if self._cancelled else "error",
-                True if self._cancelled else
-                f"job ended unexpectedly (exit code {self.proc.returncode}): {tail}",
+                True
+                if self._cancelled
+                else f"job ended unexpectedly (exit code {self.proc.returncode}): {tail}",
             )
             yield self.result
 

@@ -83,8 +83,9 @@ class Cancelled(Exception):
 # --------------------------------------------------------------------------- data
 
 
-def training_slices(pairs: Sequence[Pair], what: str) -> tuple[list[np.ndarray], list[np.ndarray],
-                                                                list[str]]:
+def training_slices(
+    pairs: Sequence[Pair], what: str
+) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
     """2D (image, labels) for training: 2D pairs as they are, 3D stacks by annotated slices."""
     imgs, labs, names = [], [], []
     for p in pairs:
@@ -107,7 +108,7 @@ def training_slices(pairs: Sequence[Pair], what: str) -> tuple[list[np.ndarray],
 
 
 def mixing_probabilities(n_real: int, n_synthetic: int, p_real: float) -> np.ndarray:
-    """Per-image probabilities: the real set gets ``p_real`` in total, the synthetic set the rest."""
+    """Per-image probabilities: the real set gets ``p_real`` in all, the synthetic set the rest."""
     if not 0.0 <= p_real <= 1.0:
         raise CellsynthInputError(f"--p-real must be between 0 and 1, got {p_real}")
     if n_real == 0 and n_synthetic == 0:
@@ -116,8 +117,9 @@ def mixing_probabilities(n_real: int, n_synthetic: int, p_real: float) -> np.nda
         return np.full(n_real, 1.0 / n_real)
     if n_real == 0:
         return np.full(n_synthetic, 1.0 / n_synthetic)
-    return np.concatenate([np.full(n_real, p_real / n_real),
-                           np.full(n_synthetic, (1.0 - p_real) / n_synthetic)])
+    return np.concatenate(
+        [np.full(n_real, p_real / n_real), np.full(n_synthetic, (1.0 - p_real) / n_synthetic)]
+    )
 
 
 # --------------------------------------------------------------------------- models
@@ -135,8 +137,9 @@ def check_model_file(path: str | Path) -> Path:
     except CellsynthInputError:
         raise
     except Exception as exc:
-        raise CellsynthInputError(f"is not a Cellpose model file ({exc.__class__.__name__})",
-                                  path) from exc
+        raise CellsynthInputError(
+            f"is not a Cellpose model file ({exc.__class__.__name__})", path
+        ) from exc
     if not any(k.startswith("downsample.") for k in state) or "diam_mean" not in state:
         raise CellsynthInputError("is not a Cellpose 3 model file (no CPnet weights)", path)
     return path
@@ -163,23 +166,32 @@ def load_model(path: str | Path | None, device: str | Any = "auto") -> Any:
     dev = select_device(device)
     gpu = dev.type != "cpu"
     if path is None:
-        return models.CellposeModel(gpu=gpu, device=dev, pretrained_model=False, model_type=None,
-                                    diam_mean=30.0, nchan=2)
+        return models.CellposeModel(
+            gpu=gpu, device=dev, pretrained_model=False, model_type=None, diam_mean=30.0, nchan=2
+        )
     path = check_model_file(path)
     if path.suffix == ".safetensors":
-        model = models.CellposeModel(gpu=gpu, device=dev, pretrained_model=False,
-                                     model_type=None, diam_mean=30.0, nchan=2)
+        model = models.CellposeModel(
+            gpu=gpu, device=dev, pretrained_model=False, model_type=None, diam_mean=30.0, nchan=2
+        )
         state = _read_state_dict(path)
         model.net.load_state_dict(state)
         model.diam_mean = float(model.net.diam_mean.item())
         model.diam_labels = float(model.net.diam_labels.item())
         return model
-    return models.CellposeModel(gpu=gpu, device=dev, pretrained_model=str(path), model_type=None,
-                                nchan=2)
+    return models.CellposeModel(
+        gpu=gpu, device=dev, pretrained_model=str(path), model_type=None, nchan=2
+    )
 
 
-def segment(model: Any, image: np.ndarray, *, diameter: float | None = None,
-            do_3D: bool | None = None, anisotropy: float | None = None) -> np.ndarray:
+def segment(
+    model: Any,
+    image: np.ndarray,
+    *,
+    diameter: float | None = None,
+    do_3D: bool | None = None,
+    anisotropy: float | None = None,
+) -> np.ndarray:
     """Instance labels of a 2D image or a 3D (Z, Y, X) stack (3D flows for stacks)."""
     image = np.asarray(image)
     if image.ndim not in (2, 3):
@@ -268,12 +280,21 @@ def finetune(
         try:
             with _record_losses(losses):
                 result["out"] = train.train_seg(
-                    net, train_data=r_imgs + s_imgs, train_labels=r_labs + s_labs,
-                    train_probs=probs, channels=CHANNELS, n_epochs=settings.epochs,
-                    learning_rate=lr, weight_decay=settings.weight_decay,
-                    batch_size=settings.batch_size, bsize=settings.bsize, nimg_per_epoch=nimg,
-                    save_path=str(work), save_every=settings.save_every,
-                    model_name="model", min_train_masks=settings.min_train_masks,
+                    net,
+                    train_data=r_imgs + s_imgs,
+                    train_labels=r_labs + s_labs,
+                    train_probs=probs,
+                    channels=CHANNELS,
+                    n_epochs=settings.epochs,
+                    learning_rate=lr,
+                    weight_decay=settings.weight_decay,
+                    batch_size=settings.batch_size,
+                    bsize=settings.bsize,
+                    nimg_per_epoch=nimg,
+                    save_path=str(work),
+                    save_every=settings.save_every,
+                    model_name="model",
+                    min_train_masks=settings.min_train_masks,
                 )
         except Cancelled:
             result["cancelled"] = True
@@ -295,9 +316,13 @@ def finetune(
             epoch = (b - 1) // batches_per_epoch
             epoch_losses = _epoch_means(losses, batches_per_epoch)
             yield FinetuneProgress(
-                epoch=epoch + 1, epochs=settings.epochs, batch=b, batches=total,
+                epoch=epoch + 1,
+                epochs=settings.epochs,
+                batch=b,
+                batches=total,
                 loss=losses[-1] if losses else float("nan"),
-                elapsed=time.monotonic() - t0, fraction=min(b / total, 1.0),
+                elapsed=time.monotonic() - t0,
+                fraction=min(b / total, 1.0),
                 epoch_losses=epoch_losses,
             )
         finished = True
@@ -305,15 +330,33 @@ def finetune(
         cancel.set()
         thread.join()
         handle.remove()
-        _finish(model, out, work, settings, lr, nimg, probs, r_names, s_names, losses,
-                batches_per_epoch, cancelled=not finished or result.get("cancelled", False),
-                seconds=time.monotonic() - t0)
+        _finish(
+            model,
+            out,
+            work,
+            settings,
+            lr,
+            nimg,
+            probs,
+            r_names,
+            s_names,
+            losses,
+            batches_per_epoch,
+            cancelled=not finished or result.get("cancelled", False),
+            seconds=time.monotonic() - t0,
+        )
     if "error" in result:
         raise result["error"]
     yield FinetuneProgress(
-        epoch=settings.epochs, epochs=settings.epochs, batch=total, batches=total,
-        loss=losses[-1] if losses else float("nan"), elapsed=time.monotonic() - t0,
-        fraction=1.0, epoch_losses=_epoch_means(losses, batches_per_epoch), done=True,
+        epoch=settings.epochs,
+        epochs=settings.epochs,
+        batch=total,
+        batches=total,
+        loss=losses[-1] if losses else float("nan"),
+        elapsed=time.monotonic() - t0,
+        fraction=1.0,
+        epoch_losses=_epoch_means(losses, batches_per_epoch),
+        done=True,
         model=str(out),
     )
 
@@ -323,9 +366,22 @@ def _epoch_means(losses: list[float], per_epoch: int) -> list[float]:
     return [float(np.mean(losses[i * per_epoch : (i + 1) * per_epoch])) for i in range(k)]
 
 
-def _finish(model, out: Path, work: Path, settings: FinetuneSettings, lr: float, nimg: int,
-            probs: np.ndarray, r_names, s_names, losses, per_epoch, *, cancelled: bool,
-            seconds: float) -> None:
+def _finish(
+    model,
+    out: Path,
+    work: Path,
+    settings: FinetuneSettings,
+    lr: float,
+    nimg: int,
+    probs: np.ndarray,
+    r_names,
+    s_names,
+    losses,
+    per_epoch,
+    *,
+    cancelled: bool,
+    seconds: float,
+) -> None:
     """Write the model (Cellpose format + safetensors) and the training log, atomically."""
     import shutil
 
@@ -340,20 +396,25 @@ def _finish(model, out: Path, work: Path, settings: FinetuneSettings, lr: float,
     st = out.with_name(out.name + ".safetensors")
     with atomic_path(st, overwrite=True) as tmp:
         save_file(state, str(tmp))
-    write_json(out.with_name(out.name + ".log.json"), {
-        "model": str(out),
-        "cancelled": cancelled,
-        "seconds": round(seconds, 2),
-        "settings": settings.to_dict(),
-        "learning_rate": lr,
-        "nimg_per_epoch": nimg,
-        "n_real": len(r_names), "n_synthetic": len(s_names),
-        "real": r_names[:500], "synthetic": s_names[:500],
-        "p_real_effective": float(probs[: len(r_names)].sum()),
-        "diameter": float(net.diam_labels.item()),
-        "epoch_losses": _epoch_means(losses, per_epoch),
-        "batch_losses": losses[-2000:],
-    })
+    write_json(
+        out.with_name(out.name + ".log.json"),
+        {
+            "model": str(out),
+            "cancelled": cancelled,
+            "seconds": round(seconds, 2),
+            "settings": settings.to_dict(),
+            "learning_rate": lr,
+            "nimg_per_epoch": nimg,
+            "n_real": len(r_names),
+            "n_synthetic": len(s_names),
+            "real": r_names[:500],
+            "synthetic": s_names[:500],
+            "p_real_effective": float(probs[: len(r_names)].sum()),
+            "diameter": float(net.diam_labels.item()),
+            "epoch_losses": _epoch_means(losses, per_epoch),
+            "batch_losses": losses[-2000:],
+        },
+    )
     shutil.rmtree(work, ignore_errors=True)
     log.info("model written to %s%s", out, " (cancelled: last weights)" if cancelled else "")
 
@@ -371,9 +432,15 @@ def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
         j = seg_jaccards(p.labels, pred)
         fg_i = np.logical_and(p.labels > 0, pred > 0).sum()
         fg_u = np.logical_or(p.labels > 0, pred > 0).sum()
-        rows.append({"name": p.name, "SEG": float(j.mean()) if j.size else float("nan"),
-                     "IoU": float(fg_i / fg_u) if fg_u else float("nan"),
-                     "n_labels": int(j.size), "n_predicted": int(len(np.unique(pred)) - 1)})
+        rows.append(
+            {
+                "name": p.name,
+                "SEG": float(j.mean()) if j.size else float("nan"),
+                "IoU": float(fg_i / fg_u) if fg_u else float("nan"),
+                "n_labels": int(j.size),
+                "n_predicted": int(len(np.unique(pred)) - 1),
+            }
+        )
     return rows
 
 
