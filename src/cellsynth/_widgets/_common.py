@@ -1,0 +1,208 @@
+"""Small pieces shared by the dock widgets: layer pickers, a loss curve, error reporting."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit
+
+from cellsynth.errors import CellsynthInputError
+from cellsynth.io import Pair
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def notify_error(exc: BaseException) -> None:
+    """Show the one-line message of an error as a napari notification (no traceback)."""
+    from napari.utils.notifications import show_error
+
+    msg = str(exc) if isinstance(exc, CellsynthInputError) else (
+        f"{exc.__class__.__name__}: {exc}")
+    log.warning("%s", msg)
+    show_error(msg)
+
+
+def notify(msg: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(msg)
+
+
+def layers_of(viewer: Any, kind: str) -> list:
+    return [layer for layer in viewer.layers if type(layer).__name__ == kind]
+
+
+class LayerPicker(ComboBox):
+    """A combo box of the viewer's Image or Labels layers that follows the layer list."""
+
+    def __init__(self, viewer: Any, kind: str, label: str, nullable: bool = True) -> None:
+        self._viewer, self._kind = viewer, kind
+        super().__init__(label=label, choices=self._choices, nullable=nullable)
+        viewer.layers.events.inserted.connect(self._refresh)
+        viewer.layers.events.removed.connect(self._refresh)
+
+    def _choices(self, _widget: Any = None) -> list:
+        return layers_of(self._viewer, self._kind)
+
+    def _refresh(self, _event: Any = None) -> None:
+        try:
+            self.reset_choices()
+        except RuntimeError:  # the Qt widget is gone (viewer closing)
+            pass
+
+
+def scale_to_voxel(layer: Any) -> tuple[float, ...] | None:
+    sc = [float(s) for s in layer.scale]
+    spatial = sc[-3:] if layer.ndim >= 3 else sc[-2:]
+    return None if all(abs(s - 1.0) < 1e-9 for s in spatial) else tuple(spatial)
+
+
+def pairs_from_layers(image_layer: Any, labels_layer: Any) -> list[Pair]:
+    """Image + Labels layers -> core pairs; a stacked layer (frames) gives one pair per frame."""
+    if image_layer is None or labels_layer is None:
+        raise CellsynthInputError("choose an Image layer and a Labels layer (or a folder)")
+    img = np.asarray(image_layer.data)
+    lab = np.asarray(labels_layer.data)
+    if getattr(image_layer, "rgb", False):
+        raise CellsynthInputError(f"layer '{image_layer.name}' is RGB; cellsynth needs one "
+                                  "grayscale channel")
+    if img.shape != lab.shape:
+        raise CellsynthInputError(
+            f"image layer '{image_layer.name}' {img.shape} and labels layer "
+            f"'{labels_layer.name}' {lab.shape} have different shapes")
+    meta = image_layer.metadata.get("cellsynth", {})
+    voxel = scale_to_voxel(image_layer)
+    if meta.get("stacked"):
+        names = meta.get("names") or [f"{image_layer.name}_{i}" for i in range(len(img))]
+        return [Pair.from_arrays(n, img[i], lab[i], voxel[1:] if voxel else None)
+                for i, n in enumerate(names)]
+    return [Pair.from_arrays(image_layer.name, img, lab, voxel)]
+
+
+def write_pairs_folder(pairs: list[Pair], root: Path) -> Path:
+    """Write layer data to a dataset folder (for a subprocess job); never over existing files."""
+    from cellsynth.io import DatasetWriter
+
+    w = DatasetWriter(root)
+    for p in pairs:
+        w.add(w.free_name(f"{p.name}_") if w.exists(p.name) else p.name, p.image, p.labels,
+              voxel_size=p.voxel_size)
+    return root
+
+
+class LossPlot(Container):
+    """A live loss curve (matplotlib in Qt) that the training widgets update."""
+
+    def __init__(self, title: str = "loss") -> None:
+        super().__init__(labels=False)
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+
+        self.figure = Figure(figsize=(3.2, 1.9), dpi=90, tight_layout=True)
+        self.figure.patch.set_facecolor("#262930")
+        self.ax = self.figure.add_subplot(111)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(150)
+        self.native.layout().addWidget(self.canvas)
+        self.title = title
+        self.series: dict[str, list[tuple[float, float]]] = {}
+        self.clear()
+
+    def clear(self) -> None:
+        self.series = {}
+        self._draw()
+
+    def add(self, name: str, x: float, y: float) -> None:
+        if y is None or not np.isfinite(y):
+            return
+        self.series.setdefault(name, []).append((x, y))
+
+    def _draw(self) -> None:
+        ax = self.ax
+        ax.clear()
+        ax.set_facecolor("#262930")
+        for spine in ax.spines.values():
+            spine.set_color("#888888")
+        ax.tick_params(colors="#cccccc", labelsize=7)
+        ax.set_title(self.title, color="#dddddd", fontsize=8)
+        for name, pts in self.series.items():
+            if pts:
+                xs, ys = zip(*pts, strict=True)
+                ax.plot(xs, ys, label=name, linewidth=1.2)
+        if self.series:
+            ax.legend(fontsize=7, facecolor="#262930", labelcolor="#dddddd")
+            ax.set_yscale("log")
+        self.canvas.draw_idle()
+
+    def redraw(self) -> None:
+        self._draw()
+
+
+class GeneratorJob:
+    """Run one of the core's progress generators in a napari thread worker, cancellably.
+
+    Cancelling stops the loop at the next report and closes the generator *in the worker
+    thread*, so its cleanup (e.g. writing the last checkpoint) does not block the GUI.
+    """
+
+    def __init__(self, gen: Any, *, yielded: Any = None, finished: Any = None,
+                 errored: Any = None) -> None:
+        from napari.qt.threading import create_worker
+
+        self.gen = gen
+        self._abort = False
+        self._started = False
+        self._done = False
+
+        def run():
+            try:
+                for item in gen:
+                    yield item
+                    if self._abort:
+                        break
+            finally:
+                gen.close()
+
+        self.worker = create_worker(run, _progress=False, _start_thread=False)
+        self.worker.finished.connect(self._set_done)
+        if yielded is not None:
+            self.worker.yielded.connect(yielded)
+        if finished is not None:
+            self.worker.finished.connect(finished)
+        self.worker.errored.connect(errored or notify_error)
+
+    def _set_done(self) -> None:
+        self._done = True
+
+    def start(self) -> GeneratorJob:
+        self._started = True
+        self.worker.start()
+        return self
+
+    def cancel(self) -> None:
+        self._abort = True
+
+    @property
+    def running(self) -> bool:
+        """Started and not finished yet (finished includes errors and cancellation)."""
+        return self._started and not self._done
+
+
+def folder_edit(label: str, mode: str = "d", value: str | None = None) -> FileEdit:
+    fe = FileEdit(label=label, mode=mode)
+    if value is not None:
+        fe.value = value
+    return fe
+
+
+def path_or_none(fe: FileEdit) -> Path | None:
+    v = fe.value
+    if v is None:
+        return None
+    s = str(v).strip()
+    return None if s in ("", ".") else Path(s)

@@ -1,0 +1,181 @@
+"""Fine-tune dock widget: train Cellpose in a subprocess on real + curated synthetic data.
+
+Real data come from Image + Labels layers (written to a temporary dataset folder for the
+subprocess) or a folder. The job streams progress and losses; Cancel stops it and keeps the last
+weights. At the end the model segments the current image into a Labels layer and, when
+validation data are given, an evaluation table (SEG, AP50, bPQ) is shown.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Table,
+)
+
+from cellsynth._widgets._common import (
+    DEVICES,
+    GeneratorJob,
+    LayerPicker,
+    LossPlot,
+    folder_edit,
+    notify,
+    notify_error,
+    pairs_from_layers,
+    path_or_none,
+    write_pairs_folder,
+)
+from cellsynth.errors import CellsynthInputError
+
+
+class FinetuneWidget(Container):
+    def __init__(self, viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = viewer
+        self.image_pick = LayerPicker(viewer, "Image", "real image layer")
+        self.labels_pick = LayerPicker(viewer, "Labels", "real labels layer")
+        self.real_folder = folder_edit("or real folder")
+        self.synthetic = folder_edit("curated synthetic folder")
+        self.validation = folder_edit("validation folder (optional)")
+        self.p_real = FloatSpinBox(label="p_real", value=0.6, min=0, max=1, step=0.05)
+        self.epochs = SpinBox(label="epochs", value=100, min=1, max=100_000)
+        self.pretrained = folder_edit("start from model (optional)", mode="r")
+        self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.output = folder_edit("model file", mode="w",
+                                  value=str(Path.home() / "cellsynth-cellpose-model"))
+        self.start_btn = PushButton(text="Start")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
+        self.status = Label(label="", value="")
+        self.plot = LossPlot("Cellpose training loss")
+        self.table = Table(value={"data": [], "columns": ["SEG", "AP50", "bPQ", "images"]},
+                           label="evaluation")
+        self.table.visible = False
+        buttons = Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal",
+                            labels=False)
+        self.extend([self.image_pick, self.labels_pick, self.real_folder, self.synthetic,
+                     self.validation, self.p_real, self.epochs, self.pretrained, self.device,
+                     self.output, buttons, self.progress, self.status, self.plot, self.table])
+        self.start_btn.changed.connect(self.start)
+        self.cancel_btn.changed.connect(self.cancel)
+        self.subprocess = None
+        self.job: GeneratorJob | None = None
+        self.model_path: Path | None = None
+        self.evaluation: dict[str, Any] | None = None
+        self.extra_settings: dict[str, Any] = {}  # for tests and power users (bsize, ...)
+
+    def _spec(self) -> dict[str, Any]:
+        out = path_or_none(self.output)
+        if out is None:
+            raise CellsynthInputError("choose where to write the model file")
+        if out.exists():
+            raise CellsynthInputError("already exists; choose a new model file name", out)
+        real_folder = path_or_none(self.real_folder)
+        if real_folder is not None:
+            real = [str(real_folder)]
+        else:
+            pairs = pairs_from_layers(self.image_pick.value, self.labels_pick.value)
+            tmp = Path(tempfile.mkdtemp(prefix="cellsynth-real-"))
+            real = [str(write_pairs_folder(pairs, tmp / "real"))]
+        synthetic = [str(p) for p in [path_or_none(self.synthetic)] if p is not None]
+        pre = path_or_none(self.pretrained)
+        return {"real": real, "synthetic": synthetic, "output": str(out), "settings": {
+            "epochs": int(self.epochs.value), "p_real": float(self.p_real.value),
+            "pretrained": str(pre) if pre else None, "device": str(self.device.value),
+            **self.extra_settings}}
+
+    def start(self) -> None:
+        from cellsynth.jobs import SubprocessJob
+
+        try:
+            spec = self._spec()
+        except CellsynthInputError as exc:
+            notify_error(exc)
+            return
+        self.model_path = Path(spec["output"])
+        self.subprocess = SubprocessJob("finetune", spec).start()
+        self.plot.clear()
+        self.table.visible = False
+        self.start_btn.enabled, self.cancel_btn.enabled = False, True
+        self.status.value = "starting Cellpose in a subprocess…"
+        self.job = GeneratorJob(self.subprocess.messages(), yielded=self._on_message,
+                                finished=self._on_finished).start()
+
+    def cancel(self) -> None:
+        if self.subprocess is not None:
+            self.status.value = "cancelling: keeping the last weights…"
+            self.subprocess.cancel()
+
+    def _on_message(self, msg: Any) -> None:
+        if msg.kind == "progress":
+            p = msg.data
+            self.progress.value = int(1000 * p["fraction"])
+            self.status.value = (f"epoch {p['epoch']}/{p['epochs']} · loss {p['loss']:.4f} · "
+                                 f"{p['elapsed']:.0f} s")
+            self.plot.add("batch", p["batch"], p["loss"])
+            if p["batch"] % 5 == 0:
+                self.plot.redraw()
+        elif msg.kind == "error":
+            notify_error(CellsynthInputError(str(msg.data)))
+            self.status.value = f"failed: {msg.data}"
+        elif msg.kind == "cancelled":
+            self.status.value = f"cancelled; last weights in {self.model_path}"
+        elif msg.kind == "done":
+            self.status.value = f"done: {self.model_path}"
+
+    def _on_finished(self) -> None:
+        self.start_btn.enabled, self.cancel_btn.enabled = True, False
+        self.plot.redraw()
+        result = self.subprocess.result if self.subprocess else None
+        if result is not None and result.kind in ("done", "cancelled") and \
+                self.model_path is not None and self.model_path.exists():
+            notify(f"Cellpose model written to {self.model_path}")
+            self.predict_and_evaluate()
+
+    def predict_and_evaluate(self) -> None:
+        """Segment the chosen image layer and, with validation data, fill the table."""
+        model_path = self.model_path
+        layer = self.image_pick.value
+        image = np.asarray(layer.data) if layer is not None else None
+        validation = path_or_none(self.validation)
+
+        def run():
+            from cellsynth.metrics import Evaluation, compare_frames
+            from cellsynth.segment import load_model, segment
+
+            model = load_model(model_path, "auto")
+            if image is not None and image.ndim in (2, 3):
+                yield ("prediction", segment(model, image))
+            if validation is not None:
+                from cellsynth.io import read_dataset
+
+                ev = Evaluation()
+                for p in read_dataset(validation, require_labels=True):
+                    ev.frames.extend(compare_frames(p.name, p.labels, segment(model, p.image),
+                                                    p.annotated_slices))
+                yield ("evaluation", ev.summary())
+
+        def show(item: Any) -> None:
+            kind, value = item
+            if kind == "prediction":
+                self.viewer.add_labels(value, name=f"predictions {model_path.name}",
+                                       scale=layer.scale, opacity=0.5)
+            else:
+                self.table.value = {"data": [[round(value["SEG"], 4), round(value["AP50"], 4),
+                                              round(value["bPQ"], 4), value["n_images"]]],
+                                    "columns": ["SEG", "AP50", "bPQ", "images"]}
+                self.table.visible = True
+                self.evaluation = value
+
+        self.job = GeneratorJob(run(), yielded=show).start()
