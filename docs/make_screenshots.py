@@ -1,11 +1,15 @@
 """Screenshots of cellsynth in a real napari window, for README.md and docs/.
 
-Run under an X server, e.g.: ``xvfb-run -s "-screen 0 1600x1000x24" python docs/make_screenshots.py``
+Run under an X server, e.g.:
+``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [--only NAME]``
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import napari
@@ -15,28 +19,118 @@ OUT = Path(__file__).parent / "images"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def _grab(viewer: napari.Viewer, name: str) -> None:
-    for _ in range(20):
+def _pump(seconds: float = 0.3) -> None:
+    end = time.time() + seconds
+    while time.time() < end:
         QApplication.processEvents()
+        time.sleep(0.02)
+
+
+def _wait(job, timeout: float = 900) -> None:
+    end = time.time() + timeout
+    while job is not None and job.running and time.time() < end:
+        _pump(0.2)
+    _pump(0.5)
+
+
+def _grab(viewer: napari.Viewer, name: str) -> None:
+    _pump(0.5)
     viewer.screenshot(str(OUT / name), canvas_only=False, flash=False)
+    print("wrote", OUT / name)
 
 
-def main() -> int:
-    OUT.mkdir(parents=True, exist_ok=True)
+def _viewer() -> napari.Viewer:
     viewer = napari.Viewer(show=True)
-    viewer.window.resize(1400, 900)
-    viewer.open_sample("cellsynth", "nuclei")
-    viewer.layers[-1].contour = 0
-    _grab(viewer, "reader_sample_nuclei.png")
+    viewer.window.resize(1500, 950)
+    return viewer
 
+
+def reader() -> None:
+    viewer = _viewer()
+    viewer.open_sample("cellsynth", "nuclei")
+    _grab(viewer, "reader_sample_nuclei.png")
     cho = SHARED / "ctc_Fluo-N3DH-CHO_02_ERRSEG" / "images" / "t000.tif"
     if cho.exists():
         viewer.layers.clear()
         viewer.open(str(cho), plugin="cellsynth")
-        viewer.dims.ndisplay = 2
         viewer.dims.set_point(0, 2)
         _grab(viewer, "reader_cho_3d.png")
     viewer.close()
+
+
+def learn() -> None:
+    from cellsynth._widgets._learn import LearnWidget
+
+    viewer = _viewer()
+    viewer.open_sample("cellsynth", "nuclei_set")
+    w = LearnWidget(viewer)
+    viewer.window.add_dock_widget(w, name="cellsynth: Learn", area="right")
+    w.image_pick.value, w.labels_pick.value = viewer.layers[0], viewer.layers[1]
+    w.output.value = Path(tempfile.mkdtemp()) / "bundle"
+    w.minutes.value = 0.75
+    w.start_btn.clicked.emit()
+    _wait(w.job)
+    _grab(viewer, "widget_learn.png")
+    viewer.close()
+
+
+def synthesize_and_curate() -> None:
+    from cellsynth._widgets._curate import CurateWidget
+    from cellsynth._widgets._synthesize import SynthesizeWidget
+
+    viewer = _viewer()
+    w = SynthesizeWidget(viewer)
+    viewer.window.add_dock_widget(w, name="cellsynth: Synthesize", area="right")
+    w.canvas_h.value, w.canvas_w.value, w.seed.value = 360, 360, 1
+    w.run_btn.clicked.emit()
+    _wait(w.job)
+    _grab(viewer, "widget_synthesize.png")
+    c = CurateWidget(viewer)
+    viewer.window.add_dock_widget(c, name="cellsynth: Curate", area="right")
+    c.output.value = Path(tempfile.mkdtemp()) / "curated"
+    c.load_btn.clicked.emit()
+    for layer in list(viewer.layers)[:2]:
+        layer.visible = False
+    viewer.layers.selection.active = c.labels_layer
+    c.labels_layer.mode = "paint"
+    _grab(viewer, "widget_curate.png")
+    viewer.close()
+
+
+def finetune() -> None:
+    from cellsynth._widgets._finetune import FinetuneWidget
+    from cellsynth.samples import sample_dataset_path
+
+    viewer = _viewer()
+    viewer.open_sample("cellsynth", "nuclei")
+    w = FinetuneWidget(viewer)
+    viewer.window.add_dock_widget(w, name="cellsynth: Fine-tune", area="right")
+    w.image_pick.value, w.labels_pick.value = viewer.layers[0], viewer.layers[1]
+    w.real_folder.value = sample_dataset_path()
+    w.validation.value = sample_dataset_path()
+    w.epochs.value = 6
+    w.output.value = Path(tempfile.mkdtemp()) / "cellpose_model"
+    w.start_btn.clicked.emit()
+    _wait(w.job)
+    end = time.time() + 300
+    while w.evaluation is None and time.time() < end:
+        _pump(0.3)
+    viewer.layers[1].visible = False
+    _grab(viewer, "widget_finetune.png")
+    viewer.close()
+
+
+STEPS = {"reader": reader, "learn": learn, "synthesize": synthesize_and_curate,
+         "finetune": finetune}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--only", choices=list(STEPS), nargs="*")
+    args = ap.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    for name in args.only or STEPS:
+        STEPS[name]()
     return 0
 
 

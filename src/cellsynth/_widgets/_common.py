@@ -193,6 +193,13 @@ class GeneratorJob:
         return self._started and not self._done
 
 
+def contrast_limits(data: Any) -> list[float]:
+    """Display range from the data's own percentiles (synthetic uint8 images are often dim)."""
+    arr = np.asarray(data)
+    lo, hi = np.percentile(arr[:: max(1, arr.shape[0] // 512)], (0.5, 99.8))
+    return [float(lo), float(max(hi, lo + 1))]
+
+
 def folder_edit(label: str, mode: str = "d", value: str | None = None) -> FileEdit:
     fe = FileEdit(label=label, mode=mode)
     if value is not None:

@@ -18,6 +18,7 @@ from magicgui.widgets import Container, Label, PushButton
 
 from cellsynth._widgets._common import (
     GeneratorJob,
+    contrast_limits,
     folder_edit,
     layers_of,
     notify,
@@ -136,10 +137,11 @@ class CurateWidget(Container):
         for layer in (self.image_layer, self.labels_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        self.image_layer = self.viewer.add_image(image, name=f"curate {c.name}")
+        self.image_layer = self.viewer.add_image(image, name=f"curate {c.name}",
+                                                 contrast_limits=contrast_limits(image))
         # a copy: corrections never touch the source arrays or files
         self.labels_layer = self.viewer.add_labels(np.array(labels, copy=True),
-                                                   name=f"curate {c.name} labels", opacity=0.5)
+                                                   name=f"curate {c.name} labels", opacity=0.35)
         self.viewer.layers.selection.active = self.labels_layer
         score = f" · quality SEG {c.score:.3f}" if c.score is not None else ""
         self.current_label.value = f"{self.position + 1}/{len(self.candidates)}: {c.name}{score}"

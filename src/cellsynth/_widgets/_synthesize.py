@@ -19,6 +19,7 @@ from magicgui.widgets import (
 from cellsynth._widgets._common import (
     DEVICES,
     GeneratorJob,
+    contrast_limits,
     folder_edit,
     notify,
     notify_error,
@@ -113,9 +114,10 @@ class SynthesizeWidget(Container):
         scale = list(bundle.voxel_size)[-2:] if bundle.voxel_size else [1.0, 1.0]
         meta = {"cellsynth": {"synthetic": True, "bundle": str(bundle.path), "params":
                               pair.params, "dataset_name": name}}
-        img = self.viewer.add_image(pair.image, name=f"synth {base}", scale=scale, metadata=meta)
+        img = self.viewer.add_image(pair.image, name=f"synth {base}", scale=scale, metadata=meta,
+                                    contrast_limits=contrast_limits(pair.image))
         lab = self.viewer.add_labels(pair.labels, name=f"synth {base} labels", scale=scale,
-                                     metadata=meta, opacity=0.45)
+                                     metadata=meta, opacity=0.35)
         self.results.append((img, lab))
         self.progress.value = self.progress.value + 1
         self.status.value = f"{pair.params['cells_placed']} cells, seed {seed}"
