@@ -108,7 +108,7 @@ def finetune() -> None:
     w.image_pick.value, w.labels_pick.value = viewer.layers[0], viewer.layers[1]
     w.real_folder.value = sample_dataset_path()
     w.validation.value = sample_dataset_path()
-    w.epochs.value = 6
+    w.epochs.value = 60
     w.output.value = Path(tempfile.mkdtemp()) / "cellpose_model"
     w.start_btn.clicked.emit()
     _wait(w.job)

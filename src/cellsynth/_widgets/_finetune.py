@@ -59,7 +59,7 @@ class FinetuneWidget(Container):
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(label="", value="")
         self.plot = LossPlot("Cellpose training loss")
-        self.table = Table(value={"data": [], "columns": ["SEG", "AP50", "bPQ", "images"]},
+        self.table = Table(value={k: [] for k in ("SEG", "AP50", "bPQ", "images")},
                            label="evaluation")
         self.table.visible = False
         buttons = Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal",
@@ -172,9 +172,10 @@ class FinetuneWidget(Container):
                 self.viewer.add_labels(value, name=f"predictions {model_path.name}",
                                        scale=layer.scale, opacity=0.5)
             else:
-                self.table.value = {"data": [[round(value["SEG"], 4), round(value["AP50"], 4),
-                                              round(value["bPQ"], 4), value["n_images"]]],
-                                    "columns": ["SEG", "AP50", "bPQ", "images"]}
+                self.table.value = {
+                    "SEG": [round(value["SEG"], 4)], "AP50": [round(value["AP50"], 4)],
+                    "bPQ": [round(value["bPQ"], 4)], "images": [value["n_images"]],
+                }
                 self.table.visible = True
                 self.evaluation = value
 
