@@ -209,6 +209,7 @@ def test_finetune_widget_trains_in_a_subprocess_then_predicts_and_evaluates(
     assert set(w.evaluation) >= {"SEG", "AP50", "bPQ"}
     assert any(la.name == "predictions model" for la in viewer.layers)
     assert w.table.shape[0] == 1
+    assert tuple(w.table.column_headers) == ("SEG", "AP50", "bPQ", "images")
 
 
 def test_finetune_widget_cancel_keeps_the_last_weights(make_napari_viewer, qtbot, tmp_path):
