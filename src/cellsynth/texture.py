@@ -131,7 +131,7 @@ def paint(
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
     device: Any = "cpu",
-    max_side: int = 512,
+    max_side: int = 1024,
     batch_size: int = 8,
 ) -> np.ndarray:
     """Synthesise the intensity image of a 2D label image, or of each slice of a 3D one.
