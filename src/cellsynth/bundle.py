@@ -63,6 +63,12 @@ class GeneratorBundle:
         return np.asarray(self.meta["cells"]["scales"], dtype=np.float64)
 
     @property
+    def areas(self) -> np.ndarray | None:
+        """Areas (px, on the crop slice) of the training cells not cut by the image border."""
+        a = self.meta["cells"].get("areas")
+        return np.asarray(a, dtype=np.float64) if a else None
+
+    @property
     def crop_size(self) -> int:
         return int(self.meta["cells"]["crop_size"])
 

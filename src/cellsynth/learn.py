@@ -250,6 +250,7 @@ def learn(
             "cells": {
                 "crop_size": settings.crop_size,
                 "scales": [round(float(s), 4) for s in atlas.table["scale"]],
+                "areas": [float(a) for a in atlas.table["area"]],
                 "density": _density(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),

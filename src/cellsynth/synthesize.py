@@ -21,7 +21,7 @@ from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded, select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
-from cellsynth.masks import draw_sides, resize_mask, sample_masks
+from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
 from cellsynth.population import cells_for_canvas, place_cells
 from cellsynth.texture import paint
 
@@ -97,7 +97,10 @@ class Synthesizer:
             generator=gen,
             device=self.device,
         )
-        sides = draw_sides(b.scales, b.crop_size, len(norm), rng, size_factor)
+        if b.areas is not None:
+            sides = sides_for_areas(norm, b.areas, len(norm), rng, size_factor)
+        else:  # bundles written before cell areas were recorded
+            sides = draw_sides(b.scales, b.crop_size, len(norm), rng, size_factor)
         return [resize_mask(m, int(s)) for m, s in zip(norm, sides, strict=True)]
 
     def sample(self, params: SynthesisParams) -> SyntheticPair:
