@@ -295,8 +295,8 @@ def realism_distances(
         a = np.asarray(reference.get(f, []), dtype=np.float64)
         b = np.asarray(other.get(f, []), dtype=np.float64)
         a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-        if a.size < 2 or b.size < 2:
-            continue
+        if a.size < 2 or b.size < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0 and a[0] == b[0]):
+            continue  # missing, or the same constant (z extent of 2D data): nothing to compare
         sd = a.std() or 1.0
         out[f] = {
             "w1": float(wasserstein_distance(a, b) / sd),
