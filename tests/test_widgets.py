@@ -178,9 +178,12 @@ def test_curate_widget_keyboard_shortcuts_and_layers_from_synthesize(make_napari
     w.output.value = tmp_path / "curated"
     w.load_btn.clicked.emit()
     assert w.current.name == "mybundle_seed3"
-    viewer.keymap["A"](viewer) if "A" in viewer.keymap else None
-    w.accept()
+    from app_model.types import KeyBinding
+
+    viewer.keymap[KeyBinding.from_str("A")](viewer)  # the A key accepts
     assert (tmp_path / "curated" / "labels" / "mybundle_seed3.tif").exists()
+    assert w.accepted == 1
+    assert "all pairs reviewed" in w.current_label.value
 
 
 def test_finetune_widget_trains_in_a_subprocess_then_predicts_and_evaluates(
