@@ -268,8 +268,15 @@ def test_large_canvases_are_painted_on_overlapping_tiles(tiny_bundle):
 
     b = GeneratorBundle.load(tiny_bundle)
     labels = disks(shape=(100, 130), centres=((20, 20), (60, 90)), radius=9)
-    img = paint(b.texture_unet, b.texture_sampler(), labels, b.intensity, cfg=b.texture_cfg,
-                steps=2, max_side=64)
+    img = paint(
+        b.texture_unet,
+        b.texture_sampler(),
+        labels,
+        b.intensity,
+        cfg=b.texture_cfg,
+        steps=2,
+        max_side=64,
+    )
     assert img.shape == (100, 130)
     assert img.dtype == np.uint16
     assert img.std() > 0

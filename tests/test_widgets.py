@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+
 from conftest import disks, image_for
 
 napari = pytest.importorskip("napari")
@@ -54,8 +55,9 @@ def errors(monkeypatch):
     return seen
 
 
-def test_learn_widget_trains_from_layers_with_progress_and_loss_curve(make_napari_viewer,
-                                                                        qtbot, tmp_path):
+def test_learn_widget_trains_from_layers_with_progress_and_loss_curve(
+    make_napari_viewer, qtbot, tmp_path
+):
     from cellsynth._widgets._learn import LearnWidget
     from cellsynth.io import read_dataset
 
@@ -113,8 +115,9 @@ def test_learn_widget_reports_bad_input_as_a_notification(make_napari_viewer, er
     assert w.job is None
 
 
-def test_synthesize_widget_adds_named_layers_and_writes_a_folder(make_napari_viewer, qtbot,
-                                                                 tmp_path):
+def test_synthesize_widget_adds_named_layers_and_writes_a_folder(
+    make_napari_viewer, qtbot, tmp_path
+):
     from cellsynth._widgets._synthesize import SynthesizeWidget
 
     viewer = make_napari_viewer()
@@ -126,22 +129,32 @@ def test_synthesize_widget_adds_named_layers_and_writes_a_folder(make_napari_vie
     w.run_btn.clicked.emit()
     _wait(qtbot, w.job)
     names = [la.name for la in viewer.layers]
-    assert names == ["synth bundle_dsb2018 seed 7", "synth bundle_dsb2018 seed 7 labels",
-                     "synth bundle_dsb2018 seed 8", "synth bundle_dsb2018 seed 8 labels"]
+    assert names == [
+        "synth bundle_dsb2018 seed 7",
+        "synth bundle_dsb2018 seed 7 labels",
+        "synth bundle_dsb2018 seed 8",
+        "synth bundle_dsb2018 seed 8 labels",
+    ]
     assert viewer.layers[1].data.shape == (64, 80)
     meta = json.loads((tmp_path / "synth" / "dataset.json").read_text())
     assert sorted(r["seed"] for r in meta["samples"].values()) == [7, 8]
 
 
 def test_curate_widget_saves_corrected_labels_and_never_touches_the_originals(
-        make_napari_viewer, qtbot, tmp_path):
+    make_napari_viewer, qtbot, tmp_path
+):
     from cellsynth._widgets._curate import CurateWidget
     from cellsynth.io import read_dataset
 
     src = _dataset(tmp_path / "synthetic", n=3)
     original = {p.name: tifffile.imread(p) for p in (src / "labels").iterdir()}
-    meta = {"samples": {"p0": {"quality": {"SEG": 0.2}}, "p1": {"quality": {"SEG": 0.9}},
-                        "p2": {"quality": {"SEG": 0.5}}}}
+    meta = {
+        "samples": {
+            "p0": {"quality": {"SEG": 0.2}},
+            "p1": {"quality": {"SEG": 0.9}},
+            "p2": {"quality": {"SEG": 0.5}},
+        }
+    }
     (src / "dataset.json").write_text(json.dumps(meta))
     viewer = make_napari_viewer()
     w = CurateWidget(viewer)
@@ -165,8 +178,9 @@ def test_curate_widget_saves_corrected_labels_and_never_touches_the_originals(
         assert np.array_equal(tifffile.imread(p), original[p.name])
 
 
-def test_curate_widget_keyboard_shortcuts_and_layers_from_synthesize(make_napari_viewer, qtbot,
-                                                                     tmp_path):
+def test_curate_widget_keyboard_shortcuts_and_layers_from_synthesize(
+    make_napari_viewer, qtbot, tmp_path
+):
     from cellsynth._widgets._curate import CurateWidget
 
     viewer = make_napari_viewer()
@@ -187,7 +201,8 @@ def test_curate_widget_keyboard_shortcuts_and_layers_from_synthesize(make_napari
 
 
 def test_finetune_widget_trains_in_a_subprocess_then_predicts_and_evaluates(
-        make_napari_viewer, qtbot, tmp_path, errors):
+    make_napari_viewer, qtbot, tmp_path, errors
+):
     from cellsynth._widgets._finetune import FinetuneWidget
     from cellsynth.io import read_dataset
 
@@ -241,3 +256,26 @@ def test_plugin_menu_lists_the_four_widgets():
     pm.discover()
     names = {w.display_name for w in pm.get_manifest("cellsynth").contributions.widgets}
     assert names == {"Learn", "Synthesize", "Curate", "Fine-tune"}
+
+
+def test_widgets_hand_their_results_to_the_next_step(make_napari_viewer, qtbot, tmp_path):
+    from cellsynth._widgets._curate import CurateWidget
+    from cellsynth._widgets._finetune import FinetuneWidget
+    from cellsynth._widgets._learn import LearnWidget
+    from cellsynth._widgets._synthesize import SynthesizeWidget
+    from cellsynth.bundle import builtin_bundle_path
+
+    viewer = make_napari_viewer()
+    learn, synth = LearnWidget(viewer), SynthesizeWidget(viewer)
+    curate, tune = CurateWidget(viewer), FinetuneWidget(viewer)
+    learn.output.value = builtin_bundle_path()  # as if training had just written it
+    learn._on_finished()
+    assert str(synth.bundle.value) == str(builtin_bundle_path())
+    lab = disks()
+    meta = {"cellsynth": {"synthetic": True, "bundle": "/b/x", "params": {"seed": 0}}}
+    viewer.add_image(image_for(lab), name="synth x seed 0", metadata=meta)
+    viewer.add_labels(lab, name="synth x seed 0 labels", metadata=meta)
+    curate.output.value = tmp_path / "curated"
+    curate.load_btn.clicked.emit()
+    curate.accept()
+    assert str(tune.synthetic.value) == str(tmp_path / "curated")

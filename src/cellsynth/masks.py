@@ -136,8 +136,9 @@ def draw_sides(
     return np.maximum(np.rint(pick * jitter * crop_size * size_factor), 4).astype(int)
 
 
-def sides_for_areas(masks: np.ndarray, areas: np.ndarray, n: int, rng: np.random.Generator,
-                    size_factor: float = 1.0) -> np.ndarray:
+def sides_for_areas(
+    masks: np.ndarray, areas: np.ndarray, n: int, rng: np.random.Generator, size_factor: float = 1.0
+) -> np.ndarray:
     """Crop sides (px) that give each normalised mask an area drawn from the atlas' cell areas.
 
     Sizing by area rather than by bounding box keeps the area distribution of the real cells

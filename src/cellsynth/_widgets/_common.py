@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -15,14 +16,30 @@ from cellsynth.io import Pair
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+def register(widget: Any) -> None:
+    """Remember a dock widget so the others can hand it their results (no file dialogs)."""
+    _LIVE.add(widget)
+
+
+def offer(method: str, value: Any) -> None:
+    """Call ``method(value)`` on every live widget that has it (e.g. a new bundle folder)."""
+    for w in list(_LIVE):
+        fn = getattr(w, method, None)
+        if fn is not None:
+            try:
+                fn(value)
+            except RuntimeError:  # its Qt widget is gone
+                pass
 
 
 def notify_error(exc: BaseException) -> None:
     """Show the one-line message of an error as a napari notification (no traceback)."""
     from napari.utils.notifications import show_error
 
-    msg = str(exc) if isinstance(exc, CellsynthInputError) else (
-        f"{exc.__class__.__name__}: {exc}")
+    msg = str(exc) if isinstance(exc, CellsynthInputError) else (f"{exc.__class__.__name__}: {exc}")
     log.warning("%s", msg)
     show_error(msg)
 
@@ -69,18 +86,22 @@ def pairs_from_layers(image_layer: Any, labels_layer: Any) -> list[Pair]:
     img = np.asarray(image_layer.data)
     lab = np.asarray(labels_layer.data)
     if getattr(image_layer, "rgb", False):
-        raise CellsynthInputError(f"layer '{image_layer.name}' is RGB; cellsynth needs one "
-                                  "grayscale channel")
+        raise CellsynthInputError(
+            f"layer '{image_layer.name}' is RGB; cellsynth needs one grayscale channel"
+        )
     if img.shape != lab.shape:
         raise CellsynthInputError(
             f"image layer '{image_layer.name}' {img.shape} and labels layer "
-            f"'{labels_layer.name}' {lab.shape} have different shapes")
+            f"'{labels_layer.name}' {lab.shape} have different shapes"
+        )
     meta = image_layer.metadata.get("cellsynth", {})
     voxel = scale_to_voxel(image_layer)
     if meta.get("stacked"):
         names = meta.get("names") or [f"{image_layer.name}_{i}" for i in range(len(img))]
-        return [Pair.from_arrays(n, img[i], lab[i], voxel[1:] if voxel else None)
-                for i, n in enumerate(names)]
+        return [
+            Pair.from_arrays(n, img[i], lab[i], voxel[1:] if voxel else None)
+            for i, n in enumerate(names)
+        ]
     return [Pair.from_arrays(image_layer.name, img, lab, voxel)]
 
 
@@ -90,8 +111,12 @@ def write_pairs_folder(pairs: list[Pair], root: Path) -> Path:
 
     w = DatasetWriter(root)
     for p in pairs:
-        w.add(w.free_name(f"{p.name}_") if w.exists(p.name) else p.name, p.image, p.labels,
-              voxel_size=p.voxel_size)
+        w.add(
+            w.free_name(f"{p.name}_") if w.exists(p.name) else p.name,
+            p.image,
+            p.labels,
+            voxel_size=p.voxel_size,
+        )
     return root
 
 
@@ -150,8 +175,9 @@ class GeneratorJob:
     thread*, so its cleanup (e.g. writing the last checkpoint) does not block the GUI.
     """
 
-    def __init__(self, gen: Any, *, yielded: Any = None, finished: Any = None,
-                 errored: Any = None) -> None:
+    def __init__(
+        self, gen: Any, *, yielded: Any = None, finished: Any = None, errored: Any = None
+    ) -> None:
         from napari.qt.threading import create_worker
 
         self.gen = gen

@@ -23,7 +23,9 @@ from cellsynth._widgets._common import (
     layers_of,
     notify,
     notify_error,
+    offer,
     path_or_none,
+    register,
 )
 from cellsynth.errors import CellsynthInputError
 
@@ -43,8 +45,7 @@ class CurateWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.source = folder_edit("synthetic folder (empty: layers)")
-        self.output = folder_edit("curated folder",
-                                  value=str(Path.home() / "cellsynth-curated"))
+        self.output = folder_edit("curated folder", value=str(Path.home() / "cellsynth-curated"))
         self.load_btn = PushButton(text="Load pairs")
         self.accept_btn = PushButton(text="Accept [A]")
         self.reject_btn = PushButton(text="Reject [R]")
@@ -53,10 +54,23 @@ class CurateWidget(Container):
         self.pseudo_btn = PushButton(text="Show pseudo-labels")
         self.counts = Label(label="", value="no pairs loaded")
         self.current_label = Label(label="", value="")
-        row = Container(widgets=[self.accept_btn, self.reject_btn, self.next_btn],
-                        layout="horizontal", labels=False)
-        self.extend([self.source, self.output, self.load_btn, row, self.model, self.pseudo_btn,
-                     self.current_label, self.counts])
+        row = Container(
+            widgets=[self.accept_btn, self.reject_btn, self.next_btn],
+            layout="horizontal",
+            labels=False,
+        )
+        self.extend(
+            [
+                self.source,
+                self.output,
+                self.load_btn,
+                row,
+                self.model,
+                self.pseudo_btn,
+                self.current_label,
+                self.counts,
+            ]
+        )
         self.load_btn.changed.connect(self.load)
         self.accept_btn.changed.connect(self.accept)
         self.reject_btn.changed.connect(self.reject)
@@ -69,6 +83,7 @@ class CurateWidget(Container):
         self.image_layer = None
         self.labels_layer = None
         self.job: GeneratorJob | None = None
+        register(self)
         for key, fn in (("a", self.accept), ("r", self.reject), ("n", self.next)):
             viewer.bind_key(key, lambda _v, f=fn: f(), overwrite=True)
 
@@ -97,13 +112,17 @@ class CurateWidget(Container):
         for p in ds.pairs:
             rec = samples.get(p.name, {})
             q = rec.get("quality", {}).get("SEG")
-            out.append(Candidate(p.name, lambda p=p: p.image, lambda p=p: p.labels, q,
-                                 str(folder), rec))
+            out.append(
+                Candidate(p.name, lambda p=p: p.image, lambda p=p: p.labels, q, str(folder), rec)
+            )
         return out
 
     def _from_layers(self) -> list[Candidate]:
-        images = [la for la in layers_of(self.viewer, "Image")
-                  if la.metadata.get("cellsynth", {}).get("synthetic")]
+        images = [
+            la
+            for la in layers_of(self.viewer, "Image")
+            if la.metadata.get("cellsynth", {}).get("synthetic")
+        ]
         labels = {la.name: la for la in layers_of(self.viewer, "Labels")}
         out = []
         for img in images:
@@ -112,9 +131,16 @@ class CurateWidget(Container):
                 continue
             meta = img.metadata["cellsynth"]
             seed = meta.get("params", {}).get("seed", 0)
-            out.append(Candidate(f"{Path(meta.get('bundle', 'bundle')).name}_seed{seed}",
-                                 np.asarray(img.data), np.asarray(lab.data), None,
-                                 "layers", meta.get("params", {})))
+            out.append(
+                Candidate(
+                    f"{Path(meta.get('bundle', 'bundle')).name}_seed{seed}",
+                    np.asarray(img.data),
+                    np.asarray(lab.data),
+                    None,
+                    "layers",
+                    meta.get("params", {}),
+                )
+            )
         return out
 
     # ------------------------------------------------------------------ walking
@@ -137,11 +163,13 @@ class CurateWidget(Container):
         for layer in (self.image_layer, self.labels_layer):
             if layer is not None and layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
-        self.image_layer = self.viewer.add_image(image, name=f"curate {c.name}",
-                                                 contrast_limits=contrast_limits(image))
+        self.image_layer = self.viewer.add_image(
+            image, name=f"curate {c.name}", contrast_limits=contrast_limits(image)
+        )
         # a copy: corrections never touch the source arrays or files
-        self.labels_layer = self.viewer.add_labels(np.array(labels, copy=True),
-                                                   name=f"curate {c.name} labels", opacity=0.35)
+        self.labels_layer = self.viewer.add_labels(
+            np.array(labels, copy=True), name=f"curate {c.name} labels", opacity=0.35
+        )
         self.viewer.layers.selection.active = self.labels_layer
         score = f" · quality SEG {c.score:.3f}" if c.score is not None else ""
         self.current_label.value = f"{self.position + 1}/{len(self.candidates)}: {c.name}{score}"
@@ -155,8 +183,11 @@ class CurateWidget(Container):
             raise CellsynthInputError("choose a curated folder")
         src = path_or_none(self.source)
         if src is not None and out.resolve() == src.resolve():
-            raise CellsynthInputError("the curated folder must differ from the synthetic one "
-                                      "(cellsynth never writes over the originals)", out)
+            raise CellsynthInputError(
+                "the curated folder must differ from the synthetic one "
+                "(cellsynth never writes over the originals)",
+                out,
+            )
         return DatasetWriter(out, origin="synthetic-curated")
 
     def accept(self) -> None:
@@ -166,16 +197,26 @@ class CurateWidget(Container):
         try:
             w = self._writer()
             name = w.free_name(f"{c.name}_") if w.exists(c.name) else c.name
-            edited = not np.array_equal(self.labels_layer.data,
-                                        c.labels() if callable(c.labels) else c.labels)
-            w.add(name, np.asarray(self.image_layer.data), np.asarray(self.labels_layer.data),
-                  record={**{k: v for k, v in c.record.items() if k != "status"},
-                          "status": "accepted", "corrected": bool(edited),
-                          "source": c.source, "source_name": c.name})
+            edited = not np.array_equal(
+                self.labels_layer.data, c.labels() if callable(c.labels) else c.labels
+            )
+            w.add(
+                name,
+                np.asarray(self.image_layer.data),
+                np.asarray(self.labels_layer.data),
+                record={
+                    **{k: v for k, v in c.record.items() if k != "status"},
+                    "status": "accepted",
+                    "corrected": bool(edited),
+                    "source": c.source,
+                    "source_name": c.name,
+                },
+            )
         except CellsynthInputError as exc:
             notify_error(exc)
             return
         self.accepted += 1
+        offer("offer_synthetic", w.root)  # the Fine-tune widget picks up the curated folder
         self.next()
 
     def reject(self) -> None:
@@ -194,8 +235,7 @@ class CurateWidget(Container):
 
     def _update_counts(self) -> None:
         left = max(len(self.candidates) - self.position - 1, 0)
-        self.counts.value = (f"accepted {self.accepted} · rejected {self.rejected} · "
-                             f"{left} left")
+        self.counts.value = f"accepted {self.accepted} · rejected {self.rejected} · {left} left"
 
     # ------------------------------------------------------------------ pseudo-labels
 

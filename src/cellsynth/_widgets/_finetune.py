@@ -34,6 +34,7 @@ from cellsynth._widgets._common import (
     notify_error,
     pairs_from_layers,
     path_or_none,
+    register,
     write_pairs_folder,
 )
 from cellsynth.errors import CellsynthInputError
@@ -52,21 +53,40 @@ class FinetuneWidget(Container):
         self.epochs = SpinBox(label="epochs", value=100, min=1, max=100_000)
         self.pretrained = folder_edit("start from model (optional)", mode="r")
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
-        self.output = folder_edit("model file", mode="w",
-                                  value=str(Path.home() / "cellsynth-cellpose-model"))
+        self.output = folder_edit(
+            "model file", mode="w", value=str(Path.home() / "cellsynth-cellpose-model")
+        )
         self.start_btn = PushButton(text="Start")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(label="", value="")
         self.plot = LossPlot("Cellpose training loss")
-        self.table = Table(value={k: [] for k in ("SEG", "AP50", "bPQ", "images")},
-                           label="evaluation")
+        self.table = Table(
+            value={k: [] for k in ("SEG", "AP50", "bPQ", "images")}, label="evaluation"
+        )
         self.table.visible = False
-        buttons = Container(widgets=[self.start_btn, self.cancel_btn], layout="horizontal",
-                            labels=False)
-        self.extend([self.image_pick, self.labels_pick, self.real_folder, self.synthetic,
-                     self.validation, self.p_real, self.epochs, self.pretrained, self.device,
-                     self.output, buttons, self.progress, self.status, self.plot, self.table])
+        buttons = Container(
+            widgets=[self.start_btn, self.cancel_btn], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self.image_pick,
+                self.labels_pick,
+                self.real_folder,
+                self.synthetic,
+                self.validation,
+                self.p_real,
+                self.epochs,
+                self.pretrained,
+                self.device,
+                self.output,
+                buttons,
+                self.progress,
+                self.status,
+                self.plot,
+                self.table,
+            ]
+        )
         self.start_btn.changed.connect(self.start)
         self.cancel_btn.changed.connect(self.cancel)
         self.subprocess = None
@@ -74,6 +94,12 @@ class FinetuneWidget(Container):
         self.model_path: Path | None = None
         self.evaluation: dict[str, Any] | None = None
         self.extra_settings: dict[str, Any] = {}  # for tests and power users (bsize, ...)
+        register(self)
+
+    def offer_synthetic(self, path: Path) -> None:
+        """The Curate widget's folder of accepted pairs becomes the synthetic data here."""
+        if path_or_none(self.synthetic) is None:
+            self.synthetic.value = path
 
     def _spec(self) -> dict[str, Any]:
         out = path_or_none(self.output)
@@ -90,10 +116,18 @@ class FinetuneWidget(Container):
             real = [str(write_pairs_folder(pairs, tmp / "real"))]
         synthetic = [str(p) for p in [path_or_none(self.synthetic)] if p is not None]
         pre = path_or_none(self.pretrained)
-        return {"real": real, "synthetic": synthetic, "output": str(out), "settings": {
-            "epochs": int(self.epochs.value), "p_real": float(self.p_real.value),
-            "pretrained": str(pre) if pre else None, "device": str(self.device.value),
-            **self.extra_settings}}
+        return {
+            "real": real,
+            "synthetic": synthetic,
+            "output": str(out),
+            "settings": {
+                "epochs": int(self.epochs.value),
+                "p_real": float(self.p_real.value),
+                "pretrained": str(pre) if pre else None,
+                "device": str(self.device.value),
+                **self.extra_settings,
+            },
+        }
 
     def start(self) -> None:
         from cellsynth.jobs import SubprocessJob
@@ -109,8 +143,9 @@ class FinetuneWidget(Container):
         self.table.visible = False
         self.start_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = "starting Cellpose in a subprocess…"
-        self.job = GeneratorJob(self.subprocess.messages(), yielded=self._on_message,
-                                finished=self._on_finished).start()
+        self.job = GeneratorJob(
+            self.subprocess.messages(), yielded=self._on_message, finished=self._on_finished
+        ).start()
 
     def cancel(self) -> None:
         if self.subprocess is not None:
@@ -121,8 +156,9 @@ class FinetuneWidget(Container):
         if msg.kind == "progress":
             p = msg.data
             self.progress.value = int(1000 * p["fraction"])
-            self.status.value = (f"epoch {p['epoch']}/{p['epochs']} · loss {p['loss']:.4f} · "
-                                 f"{p['elapsed']:.0f} s")
+            self.status.value = (
+                f"epoch {p['epoch']}/{p['epochs']} · loss {p['loss']:.4f} · {p['elapsed']:.0f} s"
+            )
             self.plot.add("batch", p["batch"], p["loss"])
             if p["batch"] % 5 == 0:
                 self.plot.redraw()
@@ -138,8 +174,12 @@ class FinetuneWidget(Container):
         self.start_btn.enabled, self.cancel_btn.enabled = True, False
         self.plot.redraw()
         result = self.subprocess.result if self.subprocess else None
-        if result is not None and result.kind in ("done", "cancelled") and \
-                self.model_path is not None and self.model_path.exists():
+        if (
+            result is not None
+            and result.kind in ("done", "cancelled")
+            and self.model_path is not None
+            and self.model_path.exists()
+        ):
             notify(f"Cellpose model written to {self.model_path}")
             self.predict_and_evaluate()
 
@@ -162,19 +202,25 @@ class FinetuneWidget(Container):
 
                 ev = Evaluation()
                 for p in read_dataset(validation, require_labels=True):
-                    ev.frames.extend(compare_frames(p.name, p.labels, segment(model, p.image),
-                                                    p.annotated_slices))
+                    ev.frames.extend(
+                        compare_frames(
+                            p.name, p.labels, segment(model, p.image), p.annotated_slices
+                        )
+                    )
                 yield ("evaluation", ev.summary())
 
         def show(item: Any) -> None:
             kind, value = item
             if kind == "prediction":
-                self.viewer.add_labels(value, name=f"predictions {model_path.name}",
-                                       scale=layer.scale, opacity=0.5)
+                self.viewer.add_labels(
+                    value, name=f"predictions {model_path.name}", scale=layer.scale, opacity=0.5
+                )
             else:
                 self.table.value = {
-                    "SEG": [round(value["SEG"], 4)], "AP50": [round(value["AP50"], 4)],
-                    "bPQ": [round(value["bPQ"], 4)], "images": [value["n_images"]],
+                    "SEG": [round(value["SEG"], 4)],
+                    "AP50": [round(value["AP50"], 4)],
+                    "bPQ": [round(value["bPQ"], 4)],
+                    "images": [value["n_images"]],
                 }
                 self.table.visible = True
                 self.evaluation = value

@@ -15,8 +15,10 @@ from cellsynth._widgets._common import (
     folder_edit,
     notify,
     notify_error,
+    offer,
     pairs_from_layers,
     path_or_none,
+    register,
 )
 from cellsynth.errors import CellsynthInputError
 
@@ -30,8 +32,9 @@ class LearnWidget(Container):
         self.image_pick = LayerPicker(viewer, "Image", "image layer")
         self.labels_pick = LayerPicker(viewer, "Labels", "labels layer")
         self.folder = folder_edit("or data folder")
-        self.output = folder_edit("bundle folder", mode="d",
-                                  value=str(Path.home() / "cellsynth-bundle"))
+        self.output = folder_edit(
+            "bundle folder", mode="d", value=str(Path.home() / "cellsynth-bundle")
+        )
         self.minutes = FloatSpinBox(label="minutes", value=10.0, min=0.1, max=10_000, step=1)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.start_btn = PushButton(text="Start")
@@ -40,15 +43,31 @@ class LearnWidget(Container):
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
         self.status = Label(label="", value="")
         self.plot = LossPlot("training loss (EMA)")
-        buttons = Container(widgets=[self.start_btn, self.resume_btn, self.cancel_btn],
-                            layout="horizontal", labels=False)
-        self.extend([self.image_pick, self.labels_pick, self.folder, self.output, self.minutes,
-                     self.device, buttons, self.progress, self.status, self.plot])
+        buttons = Container(
+            widgets=[self.start_btn, self.resume_btn, self.cancel_btn],
+            layout="horizontal",
+            labels=False,
+        )
+        self.extend(
+            [
+                self.image_pick,
+                self.labels_pick,
+                self.folder,
+                self.output,
+                self.minutes,
+                self.device,
+                buttons,
+                self.progress,
+                self.status,
+                self.plot,
+            ]
+        )
         self.start_btn.changed.connect(lambda: self._start(resume=False))
         self.resume_btn.changed.connect(lambda: self._start(resume=True))
         self.cancel_btn.changed.connect(self._cancel)
         self.job: GeneratorJob | None = None
         self._n = 0
+        register(self)
 
     # ------------------------------------------------------------------ actions
 
@@ -68,8 +87,9 @@ class LearnWidget(Container):
             if out is None:
                 raise CellsynthInputError("choose a bundle folder")
             pairs = self._pairs()
-            settings = LearnSettings(minutes=float(self.minutes.value),
-                                     device=str(self.device.value))
+            settings = LearnSettings(
+                minutes=float(self.minutes.value), device=str(self.device.value)
+            )
             self._configure(settings)
             gen = learn(pairs, out, settings, resume=resume)
         except CellsynthInputError as exc:
@@ -94,8 +114,9 @@ class LearnWidget(Container):
         self._n += 1
         if self._n % 10 == 0:
             self.plot.redraw()
-        self.status.value = (f"mask {p.mask_step} · texture {p.texture_step} steps · "
-                             f"{p.elapsed / 60:.1f} min")
+        self.status.value = (
+            f"mask {p.mask_step} · texture {p.texture_step} steps · {p.elapsed / 60:.1f} min"
+        )
 
     def _on_finished(self) -> None:
         self._set_running(False)
@@ -103,6 +124,7 @@ class LearnWidget(Container):
         out = path_or_none(self.output)
         if out is not None and (out / "bundle.json").exists():
             notify(f"bundle saved to {out}")
+            offer("offer_bundle", out)  # the Synthesize widget picks it up
 
     def _cancel(self) -> None:
         if self.job is not None:

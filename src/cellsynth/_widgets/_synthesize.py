@@ -24,6 +24,7 @@ from cellsynth._widgets._common import (
     notify,
     notify_error,
     path_or_none,
+    register,
 )
 from cellsynth.errors import CellsynthInputError
 
@@ -35,8 +36,12 @@ class SynthesizeWidget(Container):
         super().__init__(labels=True)
         self.viewer = viewer
         self.bundle = folder_edit("bundle (empty: built-in)")
-        self.dims = ComboBox(label="dimensions", choices=["2D"], value="2D",
-                             tooltip="3D appears here when the 3D shape models are installed")
+        self.dims = ComboBox(
+            label="dimensions",
+            choices=["2D"],
+            value="2D",
+            tooltip="3D appears here when the 3D shape models are installed",
+        )
         self.canvas_h = SpinBox(label="height", value=256, min=16, max=8192, step=16)
         self.canvas_w = SpinBox(label="width", value=256, min=16, max=8192, step=16)
         self.cells = SpinBox(label="cells (0 = auto)", value=0, min=0, max=100_000)
@@ -50,31 +55,61 @@ class SynthesizeWidget(Container):
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
         self.status = Label(label="", value="")
-        buttons = Container(widgets=[self.run_btn, self.cancel_btn], layout="horizontal",
-                            labels=False)
-        self.extend([self.bundle, self.dims, self.canvas_h, self.canvas_w, self.cells, self.cluster,
-                     self.steps, self.seed, self.how_many, self.save_to, self.device, buttons,
-                     self.progress, self.status])
+        buttons = Container(
+            widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False
+        )
+        self.extend(
+            [
+                self.bundle,
+                self.dims,
+                self.canvas_h,
+                self.canvas_w,
+                self.cells,
+                self.cluster,
+                self.steps,
+                self.seed,
+                self.how_many,
+                self.save_to,
+                self.device,
+                buttons,
+                self.progress,
+                self.status,
+            ]
+        )
         self.run_btn.changed.connect(self._run)
         self.cancel_btn.changed.connect(self._cancel)
         self.job: GeneratorJob | None = None
         self.results: list[tuple[Any, Any]] = []  # (image layer, labels layer)
+        register(self)
+
+    def offer_bundle(self, path: Path) -> None:
+        """A bundle just trained by the Learn widget becomes the default here."""
+        if path_or_none(self.bundle) is None:
+            self.bundle.value = path
+            self.status.value = f"using the new bundle {Path(path).name}"
 
     def params(self) -> Any:
         from cellsynth.synthesize import SynthesisParams
 
         return SynthesisParams(
             size=(int(self.canvas_h.value), int(self.canvas_w.value)),
-            cells=int(self.cells.value) or None, cluster_prob=float(self.cluster.value),
-            steps=int(self.steps.value), seed=int(self.seed.value),
+            cells=int(self.cells.value) or None,
+            cluster_prob=float(self.cluster.value),
+            steps=int(self.steps.value),
+            seed=int(self.seed.value),
         )
 
     def _run(self) -> None:
         try:
             params = self.params()
             params.validate()
-            gen = self._generate(params, int(self.how_many.value), path_or_none(self.bundle),
-                                 path_or_none(self.save_to), str(self.device.value))
+            gen = self._generate(
+                params,
+                int(self.how_many.value),
+                path_or_none(self.bundle),
+                path_or_none(self.save_to),
+                str(self.device.value),
+            )
         except CellsynthInputError as exc:
             notify_error(exc)
             return
@@ -85,8 +120,7 @@ class SynthesizeWidget(Container):
         self.job = GeneratorJob(gen, yielded=self._on_pair, finished=self._on_finished).start()
 
     @staticmethod
-    def _generate(params: Any, n: int, bundle: Path | None, save_to: Path | None,
-                  device: str):
+    def _generate(params: Any, n: int, bundle: Path | None, save_to: Path | None, device: str):
         """Worker-thread generator: yields (pair, name, bundle name) for each sample."""
         from cellsynth.io import DatasetWriter
         from cellsynth.synthesize import SynthesisParams, Synthesizer
@@ -95,16 +129,21 @@ class SynthesizeWidget(Container):
         b = synth.bundle
         writer = None
         if save_to is not None:
-            writer = DatasetWriter(save_to, voxel_size=b.voxel_size, origin="synthetic",
-                                   meta={"bundle": str(b.path)})
+            writer = DatasetWriter(
+                save_to, voxel_size=b.voxel_size, origin="synthetic", meta={"bundle": str(b.path)}
+            )
         for i in range(n):
             p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})
             pair = synth.sample(p)
             name = None
             if writer is not None:
                 name = writer.free_name("synth_")
-                writer.add(name, pair.image, pair.labels,
-                           record={"origin": "synthetic", **pair.params, "status": "unreviewed"})
+                writer.add(
+                    name,
+                    pair.image,
+                    pair.labels,
+                    record={"origin": "synthetic", **pair.params, "status": "unreviewed"},
+                )
             yield pair, name, b
 
     def _on_pair(self, item: Any) -> None:
@@ -112,12 +151,24 @@ class SynthesizeWidget(Container):
         seed = pair.params["seed"]
         base = f"{bundle.name} seed {seed}"
         scale = list(bundle.voxel_size)[-2:] if bundle.voxel_size else [1.0, 1.0]
-        meta = {"cellsynth": {"synthetic": True, "bundle": str(bundle.path), "params":
-                              pair.params, "dataset_name": name}}
-        img = self.viewer.add_image(pair.image, name=f"synth {base}", scale=scale, metadata=meta,
-                                    contrast_limits=contrast_limits(pair.image))
-        lab = self.viewer.add_labels(pair.labels, name=f"synth {base} labels", scale=scale,
-                                     metadata=meta, opacity=0.35)
+        meta = {
+            "cellsynth": {
+                "synthetic": True,
+                "bundle": str(bundle.path),
+                "params": pair.params,
+                "dataset_name": name,
+            }
+        }
+        img = self.viewer.add_image(
+            pair.image,
+            name=f"synth {base}",
+            scale=scale,
+            metadata=meta,
+            contrast_limits=contrast_limits(pair.image),
+        )
+        lab = self.viewer.add_labels(
+            pair.labels, name=f"synth {base} labels", scale=scale, metadata=meta, opacity=0.35
+        )
         self.results.append((img, lab))
         self.progress.value = self.progress.value + 1
         self.status.value = f"{pair.params['cells_placed']} cells, seed {seed}"
