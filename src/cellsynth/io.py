@@ -799,6 +799,16 @@ def _read_single_file(path: Path) -> Dataset:
     return Dataset(root=path, kind="file", pairs=[pair])
 
 
+def labelled_slices(pair: Pair) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """2D (name, image, labels) pieces of a pair: the image itself, or the annotated slices of a
+    3D stack (every slice with labels when the annotation is dense)."""
+    img, lab = pair.image, pair.labels
+    if lab.ndim == 2:
+        return [(pair.name, img, lab)]
+    zs = pair.annotated_slices or [z for z in range(lab.shape[0]) if lab[z].any()]
+    return [(f"{pair.name}_z{z:03d}", img[z], lab[z]) for z in zs]
+
+
 def iter_frames(pair: Pair, *, which: str = "labels") -> Iterator[tuple[str, np.ndarray]]:
     """Split a time series (leading T axis) into frames; other data give one frame."""
     arr = pair.labels if which == "labels" else pair.image

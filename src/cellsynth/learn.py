@@ -34,7 +34,7 @@ from cellsynth.diffusion.core import (
     save_optimizer,
 )
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, check_same_shape, count_cells
+from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
 from cellsynth.texture import TextureTiles, texture_config
 
@@ -131,18 +131,8 @@ def _check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
 
 def _texture_slices(pairs: Sequence[Pair]) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """2D training images: each 2D image, or each annotated slice of a 3D stack."""
-    imgs, labs = [], []
-    for p in pairs:
-        img, lab = p.image, p.labels
-        if lab.ndim == 2:
-            imgs.append(img)
-            labs.append(lab)
-        else:
-            zs = p.annotated_slices or [z for z in range(lab.shape[0]) if lab[z].any()]
-            for z in zs:
-                imgs.append(img[z])
-                labs.append(lab[z])
-    return imgs, labs
+    pieces = [piece for p in pairs for piece in labelled_slices(p)]
+    return [img for _, img, _ in pieces], [lab for _, _, lab in pieces]
 
 
 def _density(pairs: Sequence[Pair], n_cells: int) -> float:

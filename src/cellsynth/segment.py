@@ -33,7 +33,7 @@ import numpy as np
 
 from cellsynth.device import select_device
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, write_json
+from cellsynth.io import Pair, labelled_slices, write_json
 
 log = logging.getLogger(__name__)
 
@@ -91,13 +91,7 @@ def training_slices(
     for p in pairs:
         if not p.has_labels:
             raise CellsynthInputError(f"{what} image has no labels", p.image_path or p.name)
-        img, lab = p.image, p.labels
-        if lab.ndim == 2:
-            items = [(p.name, img, lab)]
-        else:
-            zs = p.annotated_slices or [z for z in range(lab.shape[0]) if lab[z].any()]
-            items = [(f"{p.name}_z{z:03d}", img[z], lab[z]) for z in zs]
-        for name, i, lb in items:
+        for name, i, lb in labelled_slices(p):
             if lb.max() == 0:
                 log.warning("%s: no cells, skipped", name)
                 continue
