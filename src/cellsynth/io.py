@@ -809,16 +809,6 @@ def labelled_slices(pair: Pair) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return [(f"{pair.name}_z{z:03d}", img[z], lab[z]) for z in zs]
 
 
-def iter_frames(pair: Pair, *, which: str = "labels") -> Iterator[tuple[str, np.ndarray]]:
-    """Split a time series (leading T axis) into frames; other data give one frame."""
-    arr = pair.labels if which == "labels" else pair.image
-    if "T" in pair.axes and arr.ndim == len(pair.axes.replace("C", "")) and pair.axes[0] == "T":
-        for t in range(arr.shape[0]):
-            yield f"{pair.name}_t{t:03d}", arr[t]
-    else:
-        yield pair.name, arr
-
-
 # --------------------------------------------------------------------------- writing
 
 

@@ -177,11 +177,5 @@ class SubprocessJob:
         return self.proc is not None and self.proc.poll() is None
 
 
-def run_in_subprocess(kind: str, spec: dict[str, Any]) -> Iterator[JobMessage]:
-    """Start a job and iterate its messages (convenience for scripts and tests)."""
-    job = SubprocessJob(kind, spec).start()
-    yield from job.messages()
-
-
 if __name__ == "__main__":
     sys.exit(child_main())

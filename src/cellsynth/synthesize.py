@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -173,18 +173,3 @@ def synthesize(
         }
         writer.add(name, pair.image, pair.labels, record=record)
         yield i + 1, n, name
-
-
-def sample_many(synth: Synthesizer, params: SynthesisParams, n: int) -> list[SyntheticPair]:
-    return [
-        synth.sample(SynthesisParams(**{**asdict(params), "seed": params.seed + i}))
-        for i in range(n)
-    ]
-
-
-def realism_tables(pairs: Sequence[SyntheticPair]) -> dict[str, np.ndarray]:
-    """Per-cell morphology/intensity table of synthetic pairs (same features as real data)."""
-    from cellsynth.atlas import cell_table
-
-    tables = [cell_table(p.labels, p.image) for p in pairs]
-    return {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
