@@ -75,7 +75,10 @@ def overlap(reference: np.ndarray, prediction: np.ndarray) -> Overlap:
 
 def seg_jaccards(reference: np.ndarray, prediction: np.ndarray) -> np.ndarray:
     """The CTC SEG score J of every reference object (0 for unmatched ones)."""
-    ov = overlap(reference, prediction)
+    return _jaccards(overlap(reference, prediction))
+
+
+def _jaccards(ov: Overlap) -> np.ndarray:
     j = np.zeros(len(ov.ref_ids), np.float64)
     match = ov.intersection > 0.5 * ov.ref_sizes[ov.ref_index]
     j[ov.ref_index[match]] = ov.iou[match]
@@ -91,7 +94,10 @@ def seg(references: Sequence[np.ndarray], predictions: Sequence[np.ndarray]) -> 
 
 def panoptic_quality(reference: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
     """Binary panoptic quality of one image: DQ, SQ, PQ with matches at IoU > 0.5."""
-    ov = overlap(reference, prediction)
+    return _panoptic(overlap(reference, prediction))
+
+
+def _panoptic(ov: Overlap) -> dict[str, float]:
     iou = ov.iou
     matched = iou > 0.5
     tp = int(matched.sum())
@@ -203,15 +209,16 @@ def compare_frames(
     ap = average_precision(refs, preds)
     out = []
     for i, (n, r, p) in enumerate(items):
-        j = seg_jaccards(r, p)
+        ov = overlap(r, p)  # one contingency table serves SEG, bPQ and the counts
+        j = _jaccards(ov)
         out.append(
             FrameComparison(
                 name=n,
-                n_reference=len(j),
-                n_predicted=int(len(np.unique(p)) - (p == 0).any()),
+                n_reference=len(ov.ref_ids),
+                n_predicted=len(ov.pred_ids),
                 seg_sum=float(j.sum()),
                 ap={_ap_key(t): float(ap[i, k]) for k, t in enumerate(AP_THRESHOLDS)},
-                pq=panoptic_quality(r, p),
+                pq=_panoptic(ov),
             )
         )
     return out

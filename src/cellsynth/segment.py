@@ -33,7 +33,7 @@ import numpy as np
 
 from cellsynth.device import select_device
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, labelled_slices, write_json
+from cellsynth.io import Pair, count_cells, labelled_slices, write_json
 
 log = logging.getLogger(__name__)
 
@@ -432,7 +432,7 @@ def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
                 "SEG": float(j.mean()) if j.size else float("nan"),
                 "IoU": float(fg_i / fg_u) if fg_u else float("nan"),
                 "n_labels": int(j.size),
-                "n_predicted": int(len(np.unique(pred)) - 1),
+                "n_predicted": count_cells(pred),
             }
         )
     return rows
