@@ -35,21 +35,37 @@ def main() -> int:
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         # warm-up (imports, first allocations)
-        for _ in finetune(pairs[:2], [], Path(tmp) / "warm", FinetuneSettings(epochs=1,
-                                                                             device="cpu")):
+        for _ in finetune(
+            pairs[:2], [], Path(tmp) / "warm", FinetuneSettings(epochs=1, device="cpu")
+        ):
             pass
         t = time.perf_counter()
-        for _ in finetune(pairs, [], Path(tmp) / "ours",
-                          FinetuneSettings(epochs=args.epochs, device="cpu", nimg_per_epoch=16)):
+        for _ in finetune(
+            pairs,
+            [],
+            Path(tmp) / "ours",
+            FinetuneSettings(epochs=args.epochs, device="cpu", nimg_per_epoch=16),
+        ):
             pass
         ours = (time.perf_counter() - t) / args.epochs
-        net = models.CellposeModel(gpu=False, pretrained_model=False, model_type=None,
-                                   diam_mean=30.0, nchan=2).net
+        net = models.CellposeModel(
+            gpu=False, pretrained_model=False, model_type=None, diam_mean=30.0, nchan=2
+        ).net
         t = time.perf_counter()
-        train.train_seg(net, train_data=imgs, train_labels=labs, channels=CHANNELS,
-                        n_epochs=args.epochs, learning_rate=0.005, weight_decay=1e-5,
-                        batch_size=8, nimg_per_epoch=16, save_path=tmp, model_name="plain",
-                        min_train_masks=1)
+        train.train_seg(
+            net,
+            train_data=imgs,
+            train_labels=labs,
+            channels=CHANNELS,
+            n_epochs=args.epochs,
+            learning_rate=0.005,
+            weight_decay=1e-5,
+            batch_size=8,
+            nimg_per_epoch=16,
+            save_path=tmp,
+            model_name="plain",
+            min_train_masks=1,
+        )
         plain = (time.perf_counter() - t) / args.epochs
         model = load_model(Path(tmp) / "ours", "cpu")
         img = np.tile(pairs[0].image, (2, 2))[:512, :512]
@@ -58,9 +74,14 @@ def main() -> int:
         for _ in range(3):
             segment(model, img)
         infer = (time.perf_counter() - t) / 3
-    out.update(seconds_per_epoch_cellsynth=ours, seconds_per_epoch_train_seg=plain,
-               ratio=ours / plain, inference_seconds_512=infer, epochs=args.epochs,
-               images_per_epoch=16)
+    out.update(
+        seconds_per_epoch_cellsynth=ours,
+        seconds_per_epoch_train_seg=plain,
+        ratio=ours / plain,
+        inference_seconds_512=infer,
+        epochs=args.epochs,
+        images_per_epoch=16,
+    )
     print(json.dumps(out))
     return 0
 

@@ -28,6 +28,12 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=100)
     ap.add_argument("--p-real", type=float, nargs="*", default=[0.3, 0.6, 0.9])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="also write the JSON here, updated after every configuration",
+    )
     args = ap.parse_args()
 
     from cellsynth.io import Pair, read_dataset
@@ -50,12 +56,24 @@ def main() -> int:
     configs = [("real", train, [], 1.0), ("synthetic", [], fake, 0.0)]
     configs += [(f"both p_real={p}", train, fake, p) for p in args.p_real]
     results = {}
+    report = {
+        "data": str(args.data),
+        "bundle": str(args.bundle),
+        "train_frames": [p.name for p in train],
+        "test_frames": [p.name for p in test],
+        "n_synthetic": args.n_synthetic,
+        "synthetic_size": args.size,
+        "synthesis_seconds": round(synth_seconds, 1),
+        "epochs": args.epochs,
+        "results": results,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for name, real, syn, p_real in configs:
             t = time.perf_counter()
             out = Path(tmp) / name.replace(" ", "_").replace("=", "")
-            settings = FinetuneSettings(epochs=args.epochs, p_real=p_real, device="cpu",
-                                        seed=args.seed)
+            settings = FinetuneSettings(
+                epochs=args.epochs, p_real=p_real, device="cpu", seed=args.seed
+            )
             for _ in finetune(real, syn, out, settings):
                 pass
             model = load_model(out, "cpu")
@@ -63,16 +81,16 @@ def main() -> int:
             for p in test:
                 ev.frames.extend(compare_frames(p.name, p.labels, segment(model, p.image)))
             s = ev.summary()
-            results[name] = {"SEG": s["SEG"], "AP50": s["AP50"], "bPQ": s["bPQ"],
-                             "train_seconds": round(time.perf_counter() - t, 1)}
+            results[name] = {
+                "SEG": s["SEG"],
+                "AP50": s["AP50"],
+                "bPQ": s["bPQ"],
+                "train_seconds": round(time.perf_counter() - t, 1),
+            }
             print(name, results[name], file=sys.stderr)
-    print(json.dumps({
-        "data": str(args.data), "bundle": str(args.bundle),
-        "train_frames": [p.name for p in train], "test_frames": [p.name for p in test],
-        "n_synthetic": args.n_synthetic, "synthetic_size": args.size,
-        "synthesis_seconds": round(synth_seconds, 1), "epochs": args.epochs,
-        "results": results,
-    }))
+            if args.out:
+                args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps(report))
     return 0
 
 

@@ -162,11 +162,11 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
     pairs = read_pairs(args.data, require_labels=True)
     if args.three_d:
-        from cellsynth.io import require_3d
+        from cellsynth.learn3d import check_3d_pairs
 
-        for p in pairs:
-            require_3d(p.labels.shape, p.labels_path or p.name, what="cellsynth learn --3d")
-        raise CellsynthInputError("3D shape models (--3d) are not available in this version yet")
+        check_3d_pairs(pairs)
+    elif args.voxel_size is not None:
+        raise CellsynthInputError("--voxel-size is for --3d (3D stacks)")
     settings = LearnSettings(
         minutes=args.minutes if args.minutes and args.minutes > 0 else None,
         mask_steps=args.mask_steps,
@@ -181,7 +181,18 @@ def cmd_learn(args: argparse.Namespace) -> int:
         settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
     bar = _progress_bar(100, "learning", unit="%")
     last = None
-    job = learn(pairs, args.output, settings, resume=args.resume)
+    if args.three_d:
+        from cellsynth.learn3d import Learn3DSettings, learn_3d
+
+        s3 = Learn3DSettings(
+            multiview_steps=args.multiview_steps,
+            voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
+        )
+        if args.tiny:
+            s3.calibration_side = 32
+        job = learn_3d(pairs, args.output, settings, s3, resume=args.resume)
+    else:
+        job = learn(pairs, args.output, settings, resume=args.resume)
     try:
         for p in job:
             last = p
@@ -189,6 +200,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             bar.set_postfix(
                 mask=f"{p.mask_step}",
                 texture=f"{p.texture_step}",
+                **({"stage": "3D shapes"} if p.model == "multiview_model" else {}),
                 loss=f"{p.loss:.4f}",
                 refresh=False,
             )
@@ -224,6 +236,8 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         steps=args.steps,
         seed=args.seed,
         size_factor=args.size_factor,
+        rho=getattr(args, "rho", None),
+        voxel_size=tuple(args.voxel_size) if getattr(args, "voxel_size", None) else None,
     )
 
 
@@ -451,7 +465,27 @@ def build_parser() -> argparse.ArgumentParser:
         help="texture training tile in px (default: about twice the cell diameter)",
     )
     p.add_argument("--resume", action="store_true", help="continue training an existing bundle")
-    p.add_argument("--3d", dest="three_d", action="store_true", help="train the 3D shape models")
+    p.add_argument(
+        "--3d",
+        dest="three_d",
+        action="store_true",
+        help="3D stacks: also fit the 3D shape prior, refine the multiview model and "
+        "calibrate rho (slice correlation) on the data",
+    )
+    p.add_argument(
+        "--voxel-size",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("Z", "Y", "X"),
+        help="--3d: voxel size when the stacks do not record it (default: from the files)",
+    )
+    p.add_argument(
+        "--multiview-steps",
+        type=int,
+        default=600,
+        help="--3d: steps refining the multiview model on the fitted prior (default 600)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
@@ -465,7 +499,22 @@ def build_parser() -> argparse.ArgumentParser:
             nargs="+",
             default=size,
             metavar="N",
-            help=f"canvas size H W (default {' '.join(map(str, size))})",
+            help=f"canvas size H W, or Z Y X for 3D stacks (default {' '.join(map(str, size))})",
+        )
+        p.add_argument(
+            "--rho",
+            type=float,
+            default=None,
+            help="3D: correlation of the slices' initial noise (paper 001 eq. 2; default: the "
+            "bundle's, calibrated on its 3D data, else 2)",
+        )
+        p.add_argument(
+            "--voxel-size",
+            type=float,
+            nargs=3,
+            default=None,
+            metavar=("Z", "Y", "X"),
+            help="3D: voxel size of the stack (default: the bundle's, else cubic)",
         )
         p.add_argument(
             "--cells",

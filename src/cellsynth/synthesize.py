@@ -1,4 +1,8 @@
-"""The 2D synthesis cascade: masks -> population -> texture, and writing dataset folders.
+"""The synthesis cascade, and writing dataset folders.
+
+2D: masks -> population -> texture. 3D (``size = (Z, Y, X)``): 2D masks -> multiview silhouettes
+-> NeuS volumes at the voxel size -> 3D population -> each z-slice textured with the 2D texture
+model from correlated initial noise (paper 001, eq. 2), so the slices of a stack agree.
 
 :class:`Synthesizer` draws one fully annotated pair at a time; :func:`synthesize` yields progress
 while it writes ``n`` pairs to a dataset folder, recording the bundle, the seed and every
@@ -19,6 +23,7 @@ import torch
 
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded, select_device
+from cellsynth.diffusion.core import correlated_noise
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
@@ -26,6 +31,9 @@ from cellsynth.population import cells_for_canvas, place_cells
 from cellsynth.texture import paint
 
 log = logging.getLogger(__name__)
+
+#: slice noise correlation for bundles learnt without 3D data (corr = rho^2 / (1 + rho^2) = 0.8)
+DEFAULT_RHO = 2.0
 
 
 @dataclass
@@ -37,14 +45,27 @@ class SynthesisParams:
     mask_steps: int | None = None
     seed: int = 0
     size_factor: float = 1.0  # scale the cell sizes drawn from the training data
+    rho: float | None = None  # 3D: slice noise correlation (None: the bundle's, from its data)
+    voxel_size: tuple[float, ...] | None = None  # 3D: (z, y, x); None: the bundle's
+
+    @property
+    def is_3d(self) -> bool:
+        return len(self.size) == 3
 
     def validate(self) -> None:
-        if len(self.size) != 2:
+        if len(self.size) not in (2, 3):
+            raise CellsynthInputError(f"--size needs H W (2D) or Z Y X (3D), got {list(self.size)}")
+        if any(s < 16 for s in self.size[-2:]) or (self.is_3d and self.size[0] < 1):
             raise CellsynthInputError(
-                f"--size needs H W for 2D (got {list(self.size)}); 3D stacks need the 3D models"
+                f"canvas size {list(self.size)} is too small (min 16 px in Y and X, 1 slice)"
             )
-        if any(s < 16 for s in self.size):
-            raise CellsynthInputError(f"canvas size {list(self.size)} is too small (min 16)")
+        if self.rho is not None and (self.rho < 0 or not np.isfinite(self.rho)):
+            raise CellsynthInputError(f"--rho must be >= 0, got {self.rho}")
+        if self.voxel_size is not None:
+            if len(self.voxel_size) != 3 or any(not v > 0 for v in self.voxel_size):
+                raise CellsynthInputError(
+                    f"--voxel-size needs three positive numbers Z Y X, got {self.voxel_size}"
+                )
         if self.cells is not None and self.cells < 0:
             raise CellsynthInputError(f"--cells must be >= 0, got {self.cells}")
         if not 0.0 <= self.cluster_prob <= 1.0:
@@ -75,6 +96,7 @@ class Synthesizer:
         self.bundle = bundle.to(self.device)
         self.mask_sampler = bundle.mask_sampler()
         self.texture_sampler = bundle.texture_sampler()
+        self._multiview: Any = None
 
     def cell_masks(
         self,
@@ -105,6 +127,8 @@ class Synthesizer:
 
     def sample(self, params: SynthesisParams) -> SyntheticPair:
         params.validate()
+        if params.is_3d:
+            return self.sample_3d(params)
         b = self.bundle
         rng, gen = seeded(params.seed)
         n = (
@@ -139,6 +163,116 @@ class Synthesizer:
         )
         return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)
 
+    # ------------------------------------------------------------------ 3D
+
+    @property
+    def multiview(self) -> Any:
+        """The bundle's multiview model (``learn --3d``), else the built-in one."""
+        if self._multiview is None:
+            from cellsynth.shapes.multiview import MultiviewModel
+
+            own = self.bundle.path / "multiview_model" if self.bundle.path else None
+            path = own if own is not None and (own / "multiview.json").exists() else None
+            self._multiview = MultiviewModel.load(path, device=self.device)
+        return self._multiview
+
+    def voxel_size_3d(self, params: SynthesisParams) -> tuple[float, float, float]:
+        """(z, y, x) voxel size of a 3D sample: the parameter, the bundle's 3D one, or cubic."""
+        if params.voxel_size is not None:
+            return tuple(float(v) for v in params.voxel_size)  # type: ignore[return-value]
+        vs = self.bundle.voxel_size
+        if vs is not None and len(vs) == 3:
+            return (float(vs[0]), float(vs[1]), float(vs[2]))
+        xy = float(vs[-1]) if vs else 1.0
+        return (xy, xy, xy)
+
+    def rho(self, params: SynthesisParams) -> float:
+        if params.rho is not None:
+            return float(params.rho)
+        return float(self.bundle.meta.get("texture3d", {}).get("rho", DEFAULT_RHO))
+
+    def cells_3d(
+        self, size: tuple[int, ...], anisotropy: float, rng: np.random.Generator, size_factor: float
+    ) -> int:
+        """Cell count for a stack: the bundle's 3D density, or its 2D density divided by the
+        mean z extent of a cell in slices (a slice through a population of n cells per voxel
+        whose cells span h slices shows n * h cells per pixel)."""
+        b = self.bundle
+        d3 = b.meta["cells"].get("density_3d")
+        if d3 is None:
+            areas = b.areas if b.areas is not None else np.array([np.pi * 10.0**2])
+            diam = 2 * np.sqrt(np.mean(areas) / np.pi) * size_factor
+            h = max(1.0, diam * self.multiview.prior.z_ratio / anisotropy)
+            d3 = b.density / h
+        return max(1, int(rng.poisson(float(d3) * float(np.prod(size)))))
+
+    def cell_volumes(
+        self,
+        masks: list[np.ndarray],
+        anisotropy: float,
+        rng: np.random.Generator,
+        gen: torch.Generator,
+    ) -> tuple[list[np.ndarray], dict[str, float]]:
+        """3D volumes (ZYX, bool) of 2D cell masks: multiview silhouettes, then NeuS."""
+        from cellsynth.shapes.multiview import normalise_masks, sample_views
+        from cellsynth.shapes.neus import NeuSConfig, cell_volumes, fit_sdf
+
+        mv = self.multiview
+        t0 = time.perf_counter()
+        top, px = normalise_masks(masks, mv.res)
+        sil = sample_views(mv, top, generator=gen, device=self.device)
+        t1 = time.perf_counter()
+        grids = fit_sdf(sil, mv.views, NeuSConfig())
+        vols = cell_volumes(grids, px, anisotropy, rng, fallback=masks)
+        t2 = time.perf_counter()
+        return vols, {"views": t1 - t0, "neus": t2 - t1}
+
+    def sample_3d(self, params: SynthesisParams) -> SyntheticPair:
+        b = self.bundle
+        rng, gen = seeded(params.seed)
+        vs = self.voxel_size_3d(params)
+        anisotropy = vs[0] / vs[2]
+        size = tuple(int(v) for v in params.size)
+        n = (
+            params.cells
+            if params.cells is not None
+            else self.cells_3d(size, anisotropy, rng, params.size_factor)
+        )
+        t0 = time.perf_counter()
+        masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
+        t1 = time.perf_counter()
+        vols, timing = self.cell_volumes(list(masks), anisotropy, rng, gen)
+        t2 = time.perf_counter()
+        pop = place_cells(vols, size, cluster_prob=params.cluster_prob, rng=rng)
+        t3 = time.perf_counter()
+        rho = self.rho(params)
+        m = b.texture_cfg.downsampling
+        h, w = size[1] + (-size[1]) % m, size[2] + (-size[2]) % m
+        noise = correlated_noise(size[0], (1, h, w), rho, gen)
+        image = paint(
+            b.texture_unet,
+            self.texture_sampler,
+            pop.labels,
+            b.intensity,
+            cfg=b.texture_cfg,
+            steps=params.steps or b.texture_cfg.sampling_steps,
+            noise=noise,
+            device=self.device,
+        )
+        t4 = time.perf_counter()
+        info = asdict(params)
+        info.update(
+            size=list(size),
+            rho=rho,
+            voxel_size=list(vs),
+            cells_requested=n,
+            cells_placed=pop.n_cells,
+            bundle=str(b.path) if b.path else None,
+            multiview_model=str(self.multiview.path) if self.multiview.path else None,
+            timing={"masks": t1 - t0, **timing, "population": t3 - t2, "texture": t4 - t3},
+        )
+        return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)
+
 
 def synthesize(
     out: str | Path,
@@ -155,9 +289,10 @@ def synthesize(
         raise CellsynthInputError(f"-n must be >= 1, got {n}")
     synth = Synthesizer(bundle, device=device)
     b = synth.bundle
+    vs = synth.voxel_size_3d(params) if params.is_3d else (b.voxel_size or [])[-2:] or None
     writer = DatasetWriter(
         out,
-        voxel_size=b.voxel_size,
+        voxel_size=vs,
         origin="synthetic",
         meta={"bundle": str(b.path) if b.path else None},
     )
