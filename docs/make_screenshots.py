@@ -15,6 +15,7 @@ from pathlib import Path
 import napari
 from qtpy.QtWidgets import QApplication
 
+ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "images"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -97,6 +98,30 @@ def synthesize_and_curate() -> None:
     viewer.close()
 
 
+def synthesize_3d() -> None:
+    """A 3D stack in napari: the 3D view (rendered labels) and a slice with the grid view."""
+    from cellsynth._widgets._synthesize import SynthesizeWidget
+
+    bundle = ROOT / "build" / "bundle_cho"
+    viewer = _viewer()
+    w = SynthesizeWidget(viewer)
+    viewer.window.add_dock_widget(w, name="cellsynth: Synthesize", area="right")
+    w.dims.value = "3D"
+    if (bundle / "bundle.json").exists():  # a bundle learnt with --3d on the CHO stacks
+        w.bundle.value = bundle
+        w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 5, 443, 512
+    else:
+        w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 32, 256, 256
+    w.seed.value = 1
+    w.run_btn.clicked.emit()
+    _wait(w.job)
+    viewer.dims.ndisplay = 3
+    viewer.camera.angles = (-20, 35, 60)
+    viewer.layers[0].visible = False
+    _grab(viewer, "widget_synthesize_3d.png")
+    viewer.close()
+
+
 def finetune() -> None:
     from cellsynth._widgets._finetune import FinetuneWidget
     from cellsynth.samples import sample_dataset_path
@@ -120,8 +145,13 @@ def finetune() -> None:
     viewer.close()
 
 
-STEPS = {"reader": reader, "learn": learn, "synthesize": synthesize_and_curate,
-         "finetune": finetune}
+STEPS = {
+    "reader": reader,
+    "learn": learn,
+    "synthesize": synthesize_and_curate,
+    "synthesize_3d": synthesize_3d,
+    "finetune": finetune,
+}
 
 
 def main() -> int:

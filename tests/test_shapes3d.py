@@ -308,6 +308,34 @@ def test_learn_3d_fits_z_ratio_refines_multiview_and_calibrates_rho(stacks, tmp_
     assert pair.params["rho"] == meta["texture3d"]["rho"]
 
 
+def test_learn_3d_from_single_annotated_slices_keeps_the_default_prior(ctc_folder, tmp_path):
+    from cellsynth.io import read_pairs
+    from cellsynth.learn import LearnSettings
+    from cellsynth.learn3d import Learn3DSettings, learn_3d
+
+    pairs = read_pairs([ctc_folder / "02"], require_labels=True)
+    assert pairs[0].annotated_slices
+    settings = LearnSettings(
+        minutes=None,
+        mask_steps=3,
+        texture_steps=3,
+        device="cpu",
+        mask_widths=(8, 16, 16),
+        texture_widths=(8, 16, 16),
+        mask_batch=4,
+        texture_batch=2,
+        tile=32,
+        mask_size=16,
+        crop_size=32,
+    )
+    reports = list(learn_3d(pairs, tmp_path / "b", settings, Learn3DSettings(multiview_steps=1)))
+    assert reports[-1].done
+    meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
+    assert meta["shape_prior"]["z_ratios"] == []
+    assert meta["shape_prior"]["z_ratio"] == ShapePriorConfig().z_ratio
+    assert "texture3d" not in meta  # no dense stack to calibrate rho on
+
+
 def test_learn_3d_refuses_2d_data(dataset_folder, tmp_path, capsys):
     assert main(["learn", str(dataset_folder), "-o", str(tmp_path / "b"), "--3d"]) == 2
     assert "needs a 3D stack" in capsys.readouterr().err
@@ -320,3 +348,29 @@ def test_slice_correlation_needs_a_stack():
     lab[:, 2:6, 2:6] = 1
     img = np.random.default_rng(0).normal(size=(1, 8, 8)).repeat(2, axis=0)
     assert slice_correlation(img, lab) == pytest.approx(1.0)
+
+
+def test_cli_train_multiview_writes_a_loadable_model_and_never_overwrites(tmp_path, capsys):
+    out = tmp_path / "mv"
+    args = [
+        "train-multiview",
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+        "--batch",
+        "4",
+        "--widths",
+        "8",
+        "16",
+        "16",
+        "--z-ratio",
+        "0.5",
+        "--device",
+        "cpu",
+    ]
+    assert main(args) == 0, capsys.readouterr().err
+    m = MultiviewModel.load(out)
+    assert m.prior.z_ratio == 0.5 and m.meta["training_steps"] == 2
+    assert main(args) == 2
+    assert "not empty" in capsys.readouterr().err

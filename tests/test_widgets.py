@@ -140,6 +140,26 @@ def test_synthesize_widget_adds_named_layers_and_writes_a_folder(
     assert sorted(r["seed"] for r in meta["samples"].values()) == [7, 8]
 
 
+def test_synthesize_widget_draws_3d_stacks(make_napari_viewer, qtbot):
+    from cellsynth._widgets._synthesize import SynthesizeWidget
+
+    viewer = make_napari_viewer()
+    w = SynthesizeWidget(viewer)
+    assert not w.canvas_z.visible
+    w.dims.value = "3D"
+    assert w.canvas_z.visible and w.rho.visible
+    w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 8, 48, 48
+    w.cells.value, w.steps.value, w.rho.value = 3, 1, 1.5
+    w.device.value = "cpu"
+    w.run_btn.clicked.emit()
+    _wait(qtbot, w.job)
+    img, lab = viewer.layers
+    assert lab.data.shape == img.data.shape == (8, 48, 48)
+    assert list(lab.scale) == [1.0, 1.0, 1.0]
+    assert img.metadata["cellsynth"]["params"]["rho"] == 1.5
+    assert "rho 1.5" in w.status.value
+
+
 def test_curate_widget_saves_corrected_labels_and_never_touches_the_originals(
     make_napari_viewer, qtbot, tmp_path
 ):

@@ -258,6 +258,62 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_multiview(args: argparse.Namespace) -> int:
+    from cellsynth.shapes.harmonics import ShapePriorConfig
+    from cellsynth.shapes.multiview import MultiviewModel, train_multiview
+
+    if args.output.exists() and any(args.output.iterdir()):
+        raise CellsynthInputError(
+            "output folder exists and is not empty; choose a new one", args.output
+        )
+    if args.init is not None:
+        model = MultiviewModel.load(args.init)
+    else:
+        model = MultiviewModel.new(ShapePriorConfig(), widths=tuple(args.widths))
+    if args.z_ratio is not None:
+        model.prior.z_ratio = args.z_ratio
+    model.prior.validate()
+    bar = _progress_bar(args.steps, "multiview model", unit="step")
+    last = None
+    job = train_multiview(
+        model,
+        args.steps,
+        batch_size=args.batch,
+        lr=args.lr,
+        seed=args.seed,
+        device=str(_device(args.device)),
+    )
+    try:
+        for last in job:
+            bar.update(1)
+            bar.set_postfix(loss=f"{last.loss:.4f}", refresh=False)
+    except KeyboardInterrupt:
+        job.close()
+        bar.close()
+        model.save(args.output)
+        print(f"interrupted: the model so far is in {args.output}", file=sys.stderr)
+        return 130
+    bar.close()
+    model.save(args.output)
+    print(f"multiview model written to {args.output}")
+    print(
+        json.dumps(
+            {
+                "output": str(args.output),
+                "steps": args.steps,
+                "loss": None if last is None else round(last.loss, 5),
+            }
+        )
+    )
+    return 0
+
+
+def _device(name: str) -> Any:
+    from cellsynth.device import select_device
+
+    return select_device(name)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from cellsynth.demo import run_demo
 
@@ -557,6 +613,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_synthesis_args(p, 4, [256, 256])
     p.set_defaults(func=cmd_synthesize)
+
+    p = sub.add_parser(
+        "train-multiview",
+        help="train the 3D multiview shape model on the spherical-harmonic prior",
+        description="Train (or, with --init, refine) the multiview model that turns a 2D cell "
+        "mask into the silhouettes of a 3D shape. It learns from procedural spherical-harmonic "
+        "shapes only, so it needs no data; cellsynth ships one "
+        "(scripts/train_builtin_multiview.sh) and 'learn --3d' refines it on your cells.",
+    )
+    p.add_argument("-o", "--output", type=Path, required=True, help="model folder to write")
+    p.add_argument("--steps", type=int, default=4000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--widths", type=int, nargs="+", default=[16, 32, 64])
+    p.add_argument(
+        "--z-ratio",
+        type=float,
+        default=None,
+        help="mean z extent / in-plane diameter of the prior's cells (default 0.8)",
+    )
+    p.add_argument("--init", type=Path, default=None, help="start from this multiview model")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_train_multiview)
 
     p = sub.add_parser(
         "demo",

@@ -195,7 +195,8 @@ def learn_3d(
 
     # 2. rho
     bundle = GeneratorBundle.load(out, device="cpu")
-    corrs = [slice_correlation(p.image, p.labels) for p in pairs if not p.annotated_slices]
+    dense = [p for p in pairs if not p.annotated_slices]
+    corrs = [slice_correlation(p.image, p.labels) for p in dense]
     corrs = [c for c in corrs if np.isfinite(c)]
     meta = json.loads((out / "bundle.json").read_text())
     if corrs:

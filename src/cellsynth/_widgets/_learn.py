@@ -5,7 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, Label, ProgressBar, PushButton
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+)
 
 from cellsynth._widgets._common import (
     DEVICES,
@@ -35,6 +43,9 @@ class LearnWidget(Container):
         self.output = folder_edit(
             "bundle folder", mode="d", value=str(Path.home() / "cellsynth-bundle")
         )
+        self.three_d = CheckBox(
+            text="3D stacks: also fit cell shapes in z and slice correlation (rho)", value=False
+        )
         self.minutes = FloatSpinBox(label="minutes", value=10.0, min=0.1, max=10_000, step=1)
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.start_btn = PushButton(text="Start")
@@ -54,6 +65,7 @@ class LearnWidget(Container):
                 self.labels_pick,
                 self.folder,
                 self.output,
+                self.three_d,
                 self.minutes,
                 self.device,
                 buttons,
@@ -91,7 +103,15 @@ class LearnWidget(Container):
                 minutes=float(self.minutes.value), device=str(self.device.value)
             )
             self._configure(settings)
-            gen = learn(pairs, out, settings, resume=resume)
+            if self.three_d.value:
+                from cellsynth.learn3d import Learn3DSettings, check_3d_pairs, learn_3d
+
+                check_3d_pairs(pairs)
+                s3 = Learn3DSettings()
+                self._configure_3d(s3)
+                gen = learn_3d(pairs, out, settings, s3, resume=resume)
+            else:
+                gen = learn(pairs, out, settings, resume=resume)
         except CellsynthInputError as exc:
             notify_error(exc)
             return
@@ -105,6 +125,9 @@ class LearnWidget(Container):
     def _configure(self, settings: Any) -> None:
         """Hook for tests and power users to change the training settings."""
 
+    def _configure_3d(self, settings: Any) -> None:
+        """Same for the 3D settings (multiview refinement steps, rho calibration)."""
+
     def _on_progress(self, p: Any) -> None:
         self.progress.value = int(1000 * p.fraction)
         if p.done:
@@ -114,8 +137,9 @@ class LearnWidget(Container):
         self._n += 1
         if self._n % 10 == 0:
             self.plot.redraw()
+        stage = " · 3D shapes" if p.model == "multiview_model" else ""
         self.status.value = (
-            f"mask {p.mask_step} · texture {p.texture_step} steps · {p.elapsed / 60:.1f} min"
+            f"mask {p.mask_step} · texture {p.texture_step} steps{stage} · {p.elapsed / 60:.1f} min"
         )
 
     def _on_finished(self) -> None:

@@ -38,9 +38,21 @@ class SynthesizeWidget(Container):
         self.bundle = folder_edit("bundle (empty: built-in)")
         self.dims = ComboBox(
             label="dimensions",
-            choices=["2D"],
+            choices=["2D", "3D"],
             value="2D",
-            tooltip="3D appears here when the 3D shape models are installed",
+            tooltip="3D: 2D masks -> multiview silhouettes -> NeuS volumes -> slices textured "
+            "from correlated noise",
+        )
+        self.canvas_z = SpinBox(label="slices (3D)", value=32, min=1, max=1024, visible=False)
+        self.rho = FloatSpinBox(
+            label="rho (3D, -1 = bundle's)",
+            value=-1.0,
+            min=-1.0,
+            max=100.0,
+            step=0.25,
+            visible=False,
+            tooltip="correlation of the slices' initial noise (paper 001, eq. 2); -1 uses the "
+            "value calibrated on the bundle's 3D data",
         )
         self.canvas_h = SpinBox(label="height", value=256, min=16, max=8192, step=16)
         self.canvas_w = SpinBox(label="width", value=256, min=16, max=8192, step=16)
@@ -62,8 +74,10 @@ class SynthesizeWidget(Container):
             [
                 self.bundle,
                 self.dims,
+                self.canvas_z,
                 self.canvas_h,
                 self.canvas_w,
+                self.rho,
                 self.cells,
                 self.cluster,
                 self.steps,
@@ -76,6 +90,7 @@ class SynthesizeWidget(Container):
                 self.status,
             ]
         )
+        self.dims.changed.connect(self._on_dims)
         self.run_btn.changed.connect(self._run)
         self.cancel_btn.changed.connect(self._cancel)
         self.job: GeneratorJob | None = None
@@ -88,11 +103,20 @@ class SynthesizeWidget(Container):
             self.bundle.value = path
             self.status.value = f"using the new bundle {Path(path).name}"
 
+    def _on_dims(self, value: str) -> None:
+        three = value == "3D"
+        self.canvas_z.visible = self.rho.visible = three
+        if three and self.canvas_h.value > 512:  # 3D canvases cost Z times a 2D one
+            self.canvas_h.value = self.canvas_w.value = 256
+
     def params(self) -> Any:
         from cellsynth.synthesize import SynthesisParams
 
+        yx = (int(self.canvas_h.value), int(self.canvas_w.value))
+        three = self.dims.value == "3D"
         return SynthesisParams(
-            size=(int(self.canvas_h.value), int(self.canvas_w.value)),
+            size=(int(self.canvas_z.value), *yx) if three else yx,
+            rho=float(self.rho.value) if three and self.rho.value >= 0 else None,
             cells=int(self.cells.value) or None,
             cluster_prob=float(self.cluster.value),
             steps=int(self.steps.value),
@@ -129,8 +153,9 @@ class SynthesizeWidget(Container):
         b = synth.bundle
         writer = None
         if save_to is not None:
+            vs = synth.voxel_size_3d(params) if params.is_3d else (b.voxel_size or [])[-2:]
             writer = DatasetWriter(
-                save_to, voxel_size=b.voxel_size, origin="synthetic", meta={"bundle": str(b.path)}
+                save_to, voxel_size=vs or None, origin="synthetic", meta={"bundle": str(b.path)}
             )
         for i in range(n):
             p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})
@@ -150,7 +175,10 @@ class SynthesizeWidget(Container):
         pair, name, bundle = item
         seed = pair.params["seed"]
         base = f"{bundle.name} seed {seed}"
-        scale = list(bundle.voxel_size)[-2:] if bundle.voxel_size else [1.0, 1.0]
+        if pair.labels.ndim == 3:  # anisotropic stacks look right in 3D view and XZ slices
+            scale = list(pair.params["voxel_size"])
+        else:
+            scale = list(bundle.voxel_size)[-2:] if bundle.voxel_size else [1.0, 1.0]
         meta = {
             "cellsynth": {
                 "synthetic": True,
@@ -171,7 +199,8 @@ class SynthesizeWidget(Container):
         )
         self.results.append((img, lab))
         self.progress.value = self.progress.value + 1
-        self.status.value = f"{pair.params['cells_placed']} cells, seed {seed}"
+        extra = f", rho {pair.params['rho']:g}" if "rho" in pair.params else ""
+        self.status.value = f"{pair.params['cells_placed']} cells, seed {seed}{extra}"
 
     def _on_finished(self) -> None:
         self.run_btn.enabled, self.cancel_btn.enabled = True, False
