@@ -83,3 +83,11 @@ def test_3d_volumes_are_placed_without_overlap():
 def test_bad_cluster_probability_is_refused():
     with pytest.raises(CellsynthInputError, match="clustering probability"):
         place_cells([_disk(3)], (32, 32), cluster_prob=1.5, rng=np.random.default_rng(0))
+
+
+def test_cells_taller_than_a_thin_stack_are_still_placed():
+    ball = np.ones((20, 12, 12), bool)  # 20 slices tall, the stack has 5
+    pop = place_cells([ball] * 3, (5, 64, 64), rng=np.random.default_rng(0))
+    assert pop.n_cells == 3
+    for i in (1, 2, 3):
+        assert (pop.labels == i).any(axis=(1, 2)).sum() == 5

@@ -168,9 +168,9 @@ def synth():
 
 
 def test_3d_stack_has_cells_spanning_several_slices_each_one_component(synth):
-    pair = synth.sample(SynthesisParams(size=(16, 64, 64), cells=6, seed=0, steps=2))
+    pair = synth.sample(SynthesisParams(size=(16, 96, 96), cells=6, seed=0, steps=2))
     lab = pair.labels
-    assert lab.shape == pair.image.shape == (16, 64, 64)
+    assert lab.shape == pair.image.shape == (16, 96, 96)
     assert lab.dtype == np.uint16 and pair.image.dtype == np.uint8
     ids = [i for i in np.unique(lab) if i]
     assert len(ids) >= 3
@@ -183,16 +183,19 @@ def test_3d_stack_has_cells_spanning_several_slices_each_one_component(synth):
 
 def test_higher_rho_gives_more_correlated_slices_same_seed(synth):
     corr = {}
-    for rho in (0.0, 4.0):
-        p = synth.sample(SynthesisParams(size=(6, 64, 64), cells=8, seed=1, steps=3, rho=rho))
+    for rho in (0.0, 1.0, 4.0):
+        p = synth.sample(SynthesisParams(size=(6, 96, 96), cells=8, seed=1, steps=4, rho=rho))
         corr[rho] = slice_correlation(p.image.astype(float), p.labels)
-    assert corr[4.0] > corr[0.0] + 0.1
+    assert corr[0.0] < corr[1.0] < corr[4.0]
+    assert corr[4.0] > corr[0.0] + 0.03
 
 
 def test_anisotropic_voxels_give_fewer_slices_per_cell(synth):
     def mean_z(vs):
         p = synth.sample(
-            SynthesisParams(size=(24, 64, 64), cells=4, seed=2, steps=1, voxel_size=vs)
+            SynthesisParams(
+                size=(32, 64, 64), cells=4, seed=2, steps=1, voxel_size=vs, size_factor=0.4
+            )
         )
         return np.mean([(p.labels == i).any(axis=(1, 2)).sum() for i in np.unique(p.labels) if i])
 
@@ -257,8 +260,8 @@ def stacks(tmp_path_factory):
     (root / "labels").mkdir()
     rng = np.random.default_rng(0)
     for i in range(2):
-        centres = [(int(z), *map(int, rng.integers(12, 52, 2))) for z in rng.integers(4, 8, 4)]
-        lab = disks(shape=(12, 64, 64), centres=centres, radius=6)
+        centres = [(int(z), *map(int, rng.integers(12, 52, 2))) for z in rng.integers(7, 13, 4)]
+        lab = disks(shape=(20, 64, 64), centres=centres, radius=6)
         img = image_for(lab, i).astype(np.float64)
         img = ndimage.gaussian_filter(img, (1.5, 0.5, 0.5))  # slices that agree, like real data
         tifffile.imwrite(root / "images" / f"s{i}.tif", img.astype(np.uint16))
@@ -285,7 +288,7 @@ def test_learn_3d_fits_z_ratio_refines_multiview_and_calibrates_rho(stacks, tmp_
             "--multiview-steps",
             "2",
             "--voxel-size",
-            "2",
+            "0.5",
             "1",
             "1",
             "--device",
@@ -294,9 +297,10 @@ def test_learn_3d_fits_z_ratio_refines_multiview_and_calibrates_rho(stacks, tmp_
     )
     assert code == 0, capsys.readouterr().err
     meta = json.loads((out / "bundle.json").read_text())
-    assert meta["voxel_size"] == [2.0, 1.0, 1.0]
-    # balls of radius 6 px at 2 px slices: z extent ~ 6-7 slices * 2 / ~12 px diameter
-    assert 0.7 < meta["shape_prior"]["z_ratio"] < 1.4
+    assert meta["voxel_size"] == [0.5, 1.0, 1.0]
+    # balls 13 voxels across, slices of half a pixel: z extent / diameter = 0.5
+    assert 0.4 < meta["shape_prior"]["z_ratio"] < 0.6
+    assert meta["shape_prior"]["cells_cut_by_stack"] == 0
     assert meta["texture3d"]["rho"] in [0.0, 0.5, 1.0, 2.0, 4.0, 8.0]
     assert 0 < meta["texture3d"]["real_correlation"] < 1
     assert meta["cells"]["density_3d"] > 0
@@ -304,7 +308,7 @@ def test_learn_3d_fits_z_ratio_refines_multiview_and_calibrates_rho(stacks, tmp_
     synth = Synthesizer(out, device="cpu")
     assert synth.multiview.path == out / "multiview_model"
     pair = synth.sample(SynthesisParams(size=(12, 64, 64), seed=0, steps=1))
-    assert pair.params["voxel_size"] == [2.0, 1.0, 1.0]
+    assert pair.params["voxel_size"] == [0.5, 1.0, 1.0]
     assert pair.params["rho"] == meta["texture3d"]["rho"]
 
 

@@ -4,8 +4,8 @@ On top of :func:`cellsynth.learn.learn` (the mask model learns each cell's large
 slice, the texture model the annotated slices), three things are fitted to the 3D data:
 
 1. **Shape prior**: the z extent of the cells relative to their in-plane diameter (physical
-   units, from dense 3D labels; cells cut by the first or last slice are left out when enough
-   others remain) sets the prior's ``z_ratio``; the built-in multiview model is refined on
+   units, from dense 3D labels; for cells cut by the first or last slice, from an ellipsoid
+   fitted to their slice areas) sets the prior's ``z_ratio``; the built-in multiview model is refined on
    that prior and saved as ``multiview_model/`` in the bundle.
 2. **Slice correlation rho**: the adjacent-slice correlation of the texture inside cells
    (:func:`cellsynth.metrics.slice_correlation`) is measured on the real stacks and on a real
@@ -53,25 +53,43 @@ def check_3d_pairs(pairs: Sequence[Pair]) -> None:
 
 def z_ratios(pairs: Sequence[Pair], voxel_size: Sequence[float]) -> tuple[np.ndarray, int]:
     """z extent / in-plane equivalent diameter (physical) of each cell of dense 3D labels,
-    and how many cells touch the first or last slice (their extent is a lower bound)."""
+    and how many cells the stack cuts (they touch its first or last slice).
+
+    For a cut cell the z extent seen is only a lower bound; its slice areas are fitted with an
+    ellipsoid's, ``A(z) = A0 (1 - (z - z0)^2 / c^2)``, and ``2c`` is its z extent (the extent
+    seen if the fit fails or gives less).
+    """
     from skimage.measure import regionprops
 
     vz, vy, vx = (float(v) for v in voxel_size)
-    whole, cut = [], []
+    out, n_cut = [], 0
     for p in pairs:
         if p.annotated_slices:  # slice annotations say nothing about z extent
             continue
         lab = p.labels
         for r in regionprops(lab):
             z0, _, _, z1, _, _ = r.bbox
-            crop = r.image  # (z, y, x) of the cell's bounding box
-            area = float(crop.sum(axis=(1, 2)).max())
-            d_xy = np.sqrt(4 * area * vy * vx / np.pi)
-            ratio = (z1 - z0) * vz / max(d_xy, 1e-9)
-            (cut if z0 == 0 or z1 == lab.shape[0] else whole).append(ratio)
-    if len(whole) >= 5:
-        return np.asarray(whole), len(cut)
-    return np.asarray(whole + cut), len(cut)
+            areas = r.image.sum(axis=(1, 2)).astype(np.float64)  # per slice of the cell
+            a_max = float(areas.max())
+            d_xy = np.sqrt(4 * a_max * vy * vx / np.pi)
+            extent = (z1 - z0) * vz
+            if z0 == 0 or z1 == lab.shape[0]:
+                n_cut += 1
+                extent = max(extent, _ellipsoid_height(areas) * vz)
+            out.append(extent / max(d_xy, 1e-9))
+    return np.asarray(out), n_cut
+
+
+def _ellipsoid_height(areas: np.ndarray) -> float:
+    """Height 2c (slices) of the ellipsoid whose cross-sections best match ``areas``."""
+    if len(areas) < 3:
+        return 0.0
+    z = np.arange(len(areas), dtype=np.float64)
+    g, b, a = np.polyfit(z, areas, 2)
+    if g >= 0:  # no curvature: far taller than the stack; the extent seen is all we know
+        return 0.0
+    peak = a - b * b / (4 * g)
+    return float(2 * np.sqrt(max(peak, 0.0) / -g))
 
 
 def calibrate_rho(

@@ -119,7 +119,10 @@ def _fits(occupied, grown, gcorner, m, corner, min_inside) -> bool:
     if w is None:
         return False
     _, pw = w
-    if m[pw].sum() < min_inside * m.sum():
+    # a cell larger than the canvas along some axis (a tall cell in a thin stack) can at most
+    # show the canvas' share of it there; ask for min_inside of what can fit
+    cap = float(np.prod([min(1.0, n / s) for n, s in zip(occupied.shape, m.shape, strict=True)]))
+    if m[pw].sum() < min_inside * cap * m.sum():
         return False
     wg = _window(occupied.shape, gcorner, grown.shape)
     if wg is None:

@@ -132,7 +132,7 @@ def paint(
     noise: torch.Tensor | None = None,
     device: Any = "cpu",
     max_side: int = 1024,
-    batch_size: int = 8,
+    batch_size: int = 2,  # larger batches of big slices run slower on CPU (cache)
 ) -> np.ndarray:
     """Synthesise the intensity image of a 2D label image, or of each slice of a 3D one.
 

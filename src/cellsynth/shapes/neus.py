@@ -38,12 +38,12 @@ class NeuSConfig:
     depth: int = 16  # samples per ray
     iterations: int = 50
     lr: float = 0.01
-    eikonal: float = 0.3
+    eikonal: float = 0.03
     s_init: float = 16.0  # NeuS sharpness (1 / standard deviation of the logistic density)
     s_max: float = 80.0
     init_radius: float = 0.6
     init: str = "sphere"  # or "hull": start from the signed distance of the visual hull
-    balloon: float = 0.2  # weight of a term favouring filled cells (silhouettes only bound them)
+    balloon: float = 0.5  # weight of a term favouring filled cells (silhouettes only bound them)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
