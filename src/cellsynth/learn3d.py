@@ -5,8 +5,8 @@ slice, the texture model the annotated slices), three things are fitted to the 3
 
 1. **Shape prior**: the z extent of the cells relative to their in-plane diameter (physical
    units, from dense 3D labels; for cells cut by the first or last slice, from an ellipsoid
-   fitted to their slice areas) sets the prior's ``z_ratio``; the built-in multiview model is refined on
-   that prior and saved as ``multiview_model/`` in the bundle.
+   fitted to their slice areas) sets the prior's ``z_ratio``; the built-in multiview model is
+   refined on that prior and saved as ``multiview_model/`` in the bundle.
 2. **Slice correlation rho**: the adjacent-slice correlation of the texture inside cells
    (:func:`cellsynth.metrics.slice_correlation`) is measured on the real stacks and on a real
    label stack painted at several rho; the rho that matches goes into ``bundle.json``.
