@@ -145,9 +145,9 @@ def test_synthesize_widget_draws_3d_stacks(make_napari_viewer, qtbot):
 
     viewer = make_napari_viewer()
     w = SynthesizeWidget(viewer)
-    assert not w.canvas_z.visible
+    assert w.canvas_z.native.isHidden()
     w.dims.value = "3D"
-    assert w.canvas_z.visible and w.rho.visible
+    assert not w.canvas_z.native.isHidden() and not w.rho.native.isHidden()
     w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 8, 48, 48
     w.cells.value, w.steps.value, w.rho.value = 3, 1, 1.5
     w.device.value = "cpu"

@@ -199,7 +199,8 @@ class SynthesizeWidget(Container):
         )
         self.results.append((img, lab))
         self.progress.value = self.progress.value + 1
-        extra = f", rho {pair.params['rho']:g}" if "rho" in pair.params else ""
+        rho = pair.params.get("rho")
+        extra = f", rho {rho:g}" if rho is not None else ""
         self.status.value = f"{pair.params['cells_placed']} cells, seed {seed}{extra}"
 
     def _on_finished(self) -> None:
