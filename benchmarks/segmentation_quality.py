@@ -53,7 +53,9 @@ def main() -> int:
         fake.append(Pair.from_arrays(f"synthetic_{i:03d}", s.image, s.labels))
     synth_seconds = time.perf_counter() - t0
 
-    configs = [("real", train, [], 1.0), ("synthetic", [], fake, 0.0)]
+    configs = [("real", train, [], 1.0)]
+    if not args.no_synthetic_only:
+        configs.append(("synthetic", [], fake, 0.0))
     configs += [(f"both p_real={p}", train, fake, p) for p in args.p_real]
     results = {}
     report = {

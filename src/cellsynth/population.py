@@ -2,8 +2,11 @@
 
 Cells go to free positions without overlap (a gap of ``gap`` pixels keeps instances separate).
 With clustering probability ``p`` the next cell is placed in a band next to a cell already
-placed — at the distance where the two would touch, plus up to ``band`` of the new cell's
-radius — otherwise uniformly on the canvas (Svoboda & Ulman, ICIAP 2013, as used in paper 001).
+placed — at the distance where the two would touch (ellipsoidal radii of both along the chosen
+direction), plus up to ``band`` of the new cell's radius — otherwise uniformly on the canvas
+(Svoboda & Ulman, ICIAP 2013, as used in paper 001). Neighbours are sought only along axes with
+room for the cell (beside the others in a stack thinner than the cells), and a cell that finds
+no room next to the others in half its tries is placed anywhere.
 Cells may be cut by the canvas border, as in real images. Works for any number of dimensions.
 """
 
@@ -58,7 +61,7 @@ def place_cells(
     labels = np.zeros(shape, label_dtype(len(masks)))
     occupied = np.zeros(shape, bool)
     centres: list[np.ndarray] = []
-    radii: list[float] = []
+    halves: list[np.ndarray] = []
     rows: dict[str, list] = {"label": [], "clustered": [], "area": []}
     for a in "zyx"[-nd:]:
         rows[f"centroid_{a}"] = []
@@ -70,15 +73,24 @@ def place_cells(
         if m.ndim != nd:
             raise CellsynthInputError(f"cell mask has {m.ndim} dimensions, canvas has {nd}")
         half = np.array(m.shape) / 2.0
-        radius = float(np.mean(half))
         grown = ndimage.binary_dilation(np.pad(m, gap), struct, iterations=gap) if gap else m
         clustered = bool(centres) and rng.random() < cluster_prob
-        for _ in range(max_tries):
+        # neighbours are sought along the axes where the canvas has room for the cell (in a
+        # stack thinner than the cells, beside them, not above)
+        free_axes = np.array([n > s for n, s in zip(shape, m.shape, strict=True)], float)
+        if not free_axes.any():
+            free_axes[:] = 1.0
+        for attempt in range(max_tries):
+            if clustered and attempt >= max_tries // 2:
+                clustered = False  # no room next to the others: place it anywhere
             if clustered:
                 j = rng.integers(len(centres))
-                d = rng.normal(size=nd)
+                d = rng.normal(size=nd) * free_axes
                 d /= np.linalg.norm(d) + 1e-12
-                dist = radii[j] + radius + gap + rng.uniform(0, band * radius)
+                # ellipsoidal radii of both cells along d, so flat or long cells touch too
+                r_new = 1.0 / np.sqrt(np.sum((d / half) ** 2))
+                r_old = 1.0 / np.sqrt(np.sum((d / halves[j]) ** 2))
+                dist = r_old + r_new + gap + rng.uniform(0, band * r_new)
                 centre = centres[j] + d * dist
             else:
                 centre = rng.uniform(0, 1, nd) * np.array(shape)
@@ -88,7 +100,7 @@ def place_cells(
                 area = _paste(labels, m, corner, lab)
                 _paste(occupied, grown, corner - gap, True)
                 centres.append(centre)
-                radii.append(radius)
+                halves.append(half)
                 rows["label"].append(lab)
                 rows["clustered"].append(clustered)
                 rows["area"].append(area)
