@@ -116,9 +116,16 @@ def main() -> int:
         import matplotlib.pyplot as plt
 
         aniso = vs[0] / vs[2]
-        fig, axes = plt.subplots(2, 3, figsize=(12, 7.5), gridspec_kw={"width_ratios": [1, 1, 1]})
-        orthoviews(axes[0], real[0].image, real[0].labels, aniso, "real")
-        orthoviews(axes[1], fake[0].image, fake[0].labels, aniso, "synthetic")
+        z, h, w = size
+        zh = max(z * aniso, 10)
+        fig, axes = plt.subplots(
+            3,
+            2,
+            figsize=(11, 5.5 * (h + 2 * zh) / w + 1.0),
+            gridspec_kw={"height_ratios": [h, zh, zh]},
+        )
+        orthoviews(axes[:, 0], real[0].image, real[0].labels, aniso, "real")
+        orthoviews(axes[:, 1], fake[0].image, fake[0].labels, aniso, "synthetic")
         fig.suptitle(
             f"{args.data.name} vs {args.bundle.name}: XY, XZ, YZ sections (z stretched x{aniso:g})",
             fontsize=10,

@@ -29,6 +29,11 @@ def main() -> int:
     ap.add_argument("--p-real", type=float, nargs="*", default=[0.3, 0.6, 0.9])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--no-synthetic-only",
+        action="store_true",
+        help="skip the model trained on synthetic data alone",
+    )
+    ap.add_argument(
         "--out",
         type=Path,
         default=None,

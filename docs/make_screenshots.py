@@ -102,23 +102,24 @@ def synthesize_3d() -> None:
     """A 3D stack in napari: the 3D view (rendered labels) and a slice with the grid view."""
     from cellsynth._widgets._synthesize import SynthesizeWidget
 
-    bundle = ROOT / "build" / "bundle_cho"
     viewer = _viewer()
     w = SynthesizeWidget(viewer)
     viewer.window.add_dock_widget(w, name="cellsynth: Synthesize", area="right")
     w.dims.value = "3D"
-    if (bundle / "bundle.json").exists():  # a bundle learnt with --3d on the CHO stacks
-        w.bundle.value = bundle
-        w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 5, 443, 512
-    else:
-        w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 32, 256, 256
+    w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 48, 256, 256
     w.seed.value = 1
     w.run_btn.clicked.emit()
     _wait(w.job)
     viewer.dims.ndisplay = 3
-    viewer.camera.angles = (-20, 35, 60)
+    viewer.camera.angles = (-15, 30, 70)
+    viewer.camera.zoom = 1.6
     viewer.layers[0].visible = False
     _grab(viewer, "widget_synthesize_3d.png")
+    viewer.dims.ndisplay = 2
+    viewer.layers[0].visible = True
+    viewer.layers[1].opacity = 0.3
+    viewer.dims.set_point(0, 24)
+    _grab(viewer, "widget_synthesize_3d_slice.png")
     viewer.close()
 
 
