@@ -84,6 +84,9 @@ def main() -> int:
         lab = pair.labels
         ids = [i for i in np.unique(lab) if i]
         spans = [int((lab == i).any(axis=(1, 2)).sum()) for i in ids]
+        from scipy import ndimage
+
+        one_piece = all(ndimage.label(lab == i)[1] == 1 for i in ids)
         result["stack"] = {
             "size": args.size,
             "seconds": round(time.perf_counter() - t, 2),
@@ -91,6 +94,7 @@ def main() -> int:
             "cells": len(ids),
             "slices_per_cell_median": float(np.median(spans)) if spans else 0.0,
             "min_slices_per_cell": int(min(spans)) if spans else 0,
+            "every_cell_one_component": bool(one_piece),
             "rho": pair.params["rho"],
             "voxel_size": pair.params["voxel_size"],
         }

@@ -29,6 +29,13 @@ def main() -> int:
     ap.add_argument("--p-real", type=float, nargs="*", default=[0.3, 0.6, 0.9])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--only",
+        nargs="*",
+        choices=["real", "synthetic", "both"],
+        default=None,
+        help="run only these configurations (e.g. split a study over processes)",
+    )
+    ap.add_argument(
         "--no-synthetic-only",
         action="store_true",
         help="skip the model trained on synthetic data alone",
@@ -62,6 +69,8 @@ def main() -> int:
     if not args.no_synthetic_only:
         configs.append(("synthetic", [], fake, 0.0))
     configs += [(f"both p_real={p}", train, fake, p) for p in args.p_real]
+    if args.only:
+        configs = [c for c in configs if c[0].split()[0] in args.only]
     results = {}
     report = {
         "data": str(args.data),
