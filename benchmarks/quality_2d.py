@@ -15,8 +15,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 
 def main() -> int:
     ap = argparse.ArgumentParser()
@@ -29,8 +27,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from cellsynth.io import Pair, read_dataset
-    from cellsynth.metrics import realism_distances
-    from cellsynth.report import realism_figure, tables_of
+    from cellsynth.report import half_split, halves_distances, realism_figure, tables_of
     from cellsynth.synthesize import SynthesisParams, Synthesizer
 
     real = read_dataset(args.data, require_labels=True).pairs
@@ -42,13 +39,9 @@ def main() -> int:
         p = synth.sample(SynthesisParams(size=size, seed=args.seed + i))
         fake.append(Pair.from_arrays(f"synthetic_{i}", p.image, p.labels))
     seconds = (time.perf_counter() - t) / args.n
-    idx = np.random.default_rng(args.seed).permutation(len(real))
-    half_a = [real[i] for i in idx[: len(real) // 2]]
-    half_b = [real[i] for i in idx[len(real) // 2 :]]
+    half_a, half_b = half_split(real, args.seed)
     ta, tb, ts = tables_of(half_a), tables_of(half_b), tables_of(fake)
-    r2r = realism_distances(ta, tb)
-    s2a, s2b = realism_distances(ta, ts), realism_distances(tb, ts)
-    s2r = {f: {k: (s2a[f][k] + s2b[f][k]) / 2 for k in s2a[f]} for f in s2a if f in s2b}
+    r2r, s2r = halves_distances(ta, tb, ts)
     out = {
         "data": str(args.data),
         "bundle": str(args.bundle),

@@ -53,8 +53,8 @@ def main() -> int:
     args = ap.parse_args()
 
     from cellsynth.io import Pair, read_dataset
-    from cellsynth.metrics import realism_distances, slice_correlation
-    from cellsynth.report import tables_of
+    from cellsynth.metrics import slice_correlation
+    from cellsynth.report import half_split, halves_distances, tables_of
     from cellsynth.synthesize import SynthesisParams, Synthesizer
 
     real = read_dataset(args.data, require_labels=True).pairs
@@ -68,13 +68,9 @@ def main() -> int:
         fake.append(Pair.from_arrays(f"synthetic_{i}", p.image, p.labels, vs))
     seconds = (time.perf_counter() - t) / args.n
     real = [Pair.from_arrays(p.name, p.image, p.labels, vs) for p in real]
-    idx = np.random.default_rng(args.seed).permutation(len(real))
-    half_a = [real[i] for i in idx[: len(real) // 2]]
-    half_b = [real[i] for i in idx[len(real) // 2 :]]
+    half_a, half_b = half_split(real, args.seed)
     ta, tb, ts = tables_of(half_a), tables_of(half_b), tables_of(fake)
-    r2r = realism_distances(ta, tb)
-    s2a, s2b = realism_distances(ta, ts), realism_distances(tb, ts)
-    s2r = {f: {k: (s2a[f][k] + s2b[f][k]) / 2 for k in s2a[f]} for f in s2a if f in s2b}
+    r2r, s2r = halves_distances(ta, tb, ts)
 
     def zext(t):
         return {

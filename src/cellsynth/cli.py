@@ -281,7 +281,7 @@ def cmd_train_multiview(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         lr=args.lr,
         seed=args.seed,
-        device=str(_device(args.device)),
+        device=args.device,
     )
     try:
         for last in job:
@@ -306,12 +306,6 @@ def cmd_train_multiview(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-def _device(name: str) -> Any:
-    from cellsynth.device import select_device
-
-    return select_device(name)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, require_3d, write_json
+from cellsynth.io import Pair, count_cells, require_3d, write_json
 from cellsynth.learn import LearnSettings, Progress, learn
 
 log = logging.getLogger(__name__)
@@ -99,18 +99,13 @@ def calibrate_rho(
     closest to ``real_corr``."""
     import torch
 
-    from cellsynth.diffusion.core import correlated_noise
     from cellsynth.metrics import slice_correlation
     from cellsynth.texture import paint
 
-    s, h, w = labels.shape
-    m = bundle.texture_cfg.downsampling
-    hp, wp = h + (-h) % m, w + (-w) % m
     sampler = bundle.texture_sampler()
     table = {}
     for rho in grid:
         gen = torch.Generator().manual_seed(seed)
-        noise = correlated_noise(s, (1, hp, wp), float(rho), gen)
         img = paint(
             bundle.texture_unet,
             sampler,
@@ -118,7 +113,8 @@ def calibrate_rho(
             bundle.intensity,
             cfg=bundle.texture_cfg,
             steps=bundle.texture_cfg.sampling_steps,
-            noise=noise,
+            generator=gen,
+            rho=float(rho),
         )
         table[float(rho)] = slice_correlation(img, labels)
     best = min(table, key=lambda r: abs(table[r] - real_corr))
@@ -226,7 +222,7 @@ def learn_3d(
         texture3d = {"rho": None, "note": "no densely annotated stack: rho not calibrated"}
 
     # 3. density and metadata
-    n_cells = sum(len(np.unique(p.labels)) - 1 for p in pairs)
+    n_cells = sum(count_cells(p.labels) for p in pairs)
     voxels = sum(p.labels.size for p in pairs)
     meta["voxel_size"] = list(vs)
     meta["cells"]["density_3d"] = n_cells / max(voxels, 1)

@@ -30,6 +30,22 @@ def tables_of(pairs: Sequence[Pair]) -> dict[str, np.ndarray]:
     return {k: np.concatenate([t[k] for t in tabs]) for k in tabs[0]}
 
 
+def half_split(real: Sequence[Pair], seed: int = 0) -> tuple[list[Pair], list[Pair]]:
+    """Two disjoint halves of the real images (a seeded random split), for real-to-real."""
+    idx = np.random.default_rng(seed).permutation(len(real))
+    return [real[i] for i in idx[: len(real) // 2]], [real[i] for i in idx[len(real) // 2 :]]
+
+
+def halves_distances(
+    table_a: dict[str, np.ndarray], table_b: dict[str, np.ndarray], synth: dict[str, np.ndarray]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Real-to-real (half A vs half B) and synthetic-to-real (mean of synthetic vs A and vs B),
+    so that both compare sets of about the same size."""
+    s2a, s2b = realism_distances(table_a, synth), realism_distances(table_b, synth)
+    s2r = {f: {k: (s2a[f][k] + s2b[f][k]) / 2 for k in s2a[f]} for f in s2a if f in s2b}
+    return realism_distances(table_a, table_b), s2r
+
+
 def realism_summary(
     real: Sequence[Pair], synthetic: Sequence[Pair], seed: int = 0
 ) -> dict[str, Any]:
@@ -47,9 +63,7 @@ def realism_summary(
         "synthetic_to_real": realism_distances(real_t, synth_t),
     }
     if len(real) >= 2:
-        idx = np.random.default_rng(seed).permutation(len(real))
-        a = [real[i] for i in idx[: len(real) // 2]]
-        b = [real[i] for i in idx[len(real) // 2 :]]
+        a, b = half_split(real, seed)
         out["real_to_real"] = realism_distances(tables_of(a), tables_of(b))
     return out
 

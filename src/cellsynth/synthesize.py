@@ -23,7 +23,6 @@ import torch
 
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded, select_device
-from cellsynth.diffusion.core import correlated_noise
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
@@ -186,6 +185,12 @@ class Synthesizer:
         xy = float(vs[-1]) if vs else 1.0
         return (xy, xy, xy)
 
+    def output_voxel_size(self, params: SynthesisParams) -> list[float] | None:
+        """Voxel size written with a sample: 3D as above, 2D the bundle's (y, x), if any."""
+        if params.is_3d:
+            return list(self.voxel_size_3d(params))
+        return list(self.bundle.voxel_size or [])[-2:] or None
+
     def rho(self, params: SynthesisParams) -> float:
         if params.rho is not None:
             return float(params.rho)
@@ -246,9 +251,6 @@ class Synthesizer:
         pop = place_cells(vols, size, cluster_prob=params.cluster_prob, rng=rng)
         t3 = time.perf_counter()
         rho = self.rho(params)
-        m = b.texture_cfg.downsampling
-        h, w = size[1] + (-size[1]) % m, size[2] + (-size[2]) % m
-        noise = correlated_noise(size[0], (1, h, w), rho, gen)
         image = paint(
             b.texture_unet,
             self.texture_sampler,
@@ -256,7 +258,8 @@ class Synthesizer:
             b.intensity,
             cfg=b.texture_cfg,
             steps=params.steps or b.texture_cfg.sampling_steps,
-            noise=noise,
+            generator=gen,
+            rho=rho,
             device=self.device,
         )
         t4 = time.perf_counter()
@@ -289,10 +292,9 @@ def synthesize(
         raise CellsynthInputError(f"-n must be >= 1, got {n}")
     synth = Synthesizer(bundle, device=device)
     b = synth.bundle
-    vs = synth.voxel_size_3d(params) if params.is_3d else (b.voxel_size or [])[-2:] or None
     writer = DatasetWriter(
         out,
-        voxel_size=vs,
+        voxel_size=synth.output_voxel_size(params),
         origin="synthetic",
         meta={"bundle": str(b.path) if b.path else None},
     )

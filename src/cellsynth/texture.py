@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from cellsynth.atlas import IntensityStats
-from cellsynth.diffusion.core import DiffusionConfig, ddim_sample, to_numpy
+from cellsynth.diffusion.core import DiffusionConfig, correlated_noise, ddim_sample, to_numpy
 from cellsynth.errors import CellsynthInputError
 
 N_COND = 3
@@ -130,14 +130,16 @@ def paint(
     steps: int,
     generator: torch.Generator | None = None,
     noise: torch.Tensor | None = None,
+    rho: float | None = None,
     device: Any = "cpu",
     max_side: int = 1024,
     batch_size: int = 2,  # larger batches of big slices run slower on CPU (cache)
 ) -> np.ndarray:
     """Synthesise the intensity image of a 2D label image, or of each slice of a 3D one.
 
-    ``noise`` (S, 1, H, W) sets the initial noise (e.g. correlated across the slices of a stack);
-    by default it is drawn from ``generator``.
+    ``noise`` (S, 1, H, W) sets the initial noise; by default it is drawn from ``generator``,
+    independent per slice, or, with ``rho``, correlated across the slices of a stack
+    (paper 001, eq. 2).
     """
     lab = np.asarray(labels)
     stack = lab if lab.ndim == 3 else lab[None]
@@ -147,7 +149,9 @@ def paint(
     cond = np.stack([label_condition(sl) for sl in stack])
     if ph or pw:
         cond = np.pad(cond, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
-    if noise is None:
+    if noise is None and rho is not None:
+        noise = correlated_noise(s, (1, h + ph, w + pw), rho, generator)
+    elif noise is None:
         noise = torch.randn((s, 1, h + ph, w + pw), generator=generator)
     elif noise.shape[-2:] != (h + ph, w + pw):
         noise = torch.nn.functional.pad(noise, (0, pw, 0, ph))

@@ -153,9 +153,11 @@ class SynthesizeWidget(Container):
         b = synth.bundle
         writer = None
         if save_to is not None:
-            vs = synth.voxel_size_3d(params) if params.is_3d else (b.voxel_size or [])[-2:]
             writer = DatasetWriter(
-                save_to, voxel_size=vs or None, origin="synthetic", meta={"bundle": str(b.path)}
+                save_to,
+                voxel_size=synth.output_voxel_size(params),
+                origin="synthetic",
+                meta={"bundle": str(b.path)},
             )
         for i in range(n):
             p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})

@@ -254,7 +254,7 @@ def train_multiview(
     pool: int | None = None,
     refresh_every: int = 25,
     seed: int = 0,
-    device: Any = "cpu",
+    device: Any = "cpu",  # a name (auto, cpu, cuda, mps) or a torch device
     ema_decay: float = 0.995,
 ) -> Iterator[MultiviewProgress]:
     """Train (or refine) ``model`` in place on silhouettes of its prior; yields progress.
@@ -266,6 +266,9 @@ def train_multiview(
 
     if steps < 1:
         raise CellsynthInputError(f"multiview training steps must be >= 1, got {steps}")
+    from cellsynth.device import select_device
+
+    device = select_device(device)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     if pool is None:  # enough shapes that a batch rarely repeats, few for short refinements
