@@ -29,6 +29,12 @@ def main() -> int:
     ap.add_argument("--p-real", type=float, nargs="*", default=[0.3, 0.6, 0.9])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
+        "--nimg-per-epoch",
+        type=int,
+        default=8,
+        help="training crops per epoch for every configuration (the same budget for all)",
+    )
+    ap.add_argument(
         "--only",
         nargs="*",
         choices=["real", "synthetic", "both"],
@@ -49,8 +55,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from cellsynth.io import Pair, read_dataset
-    from cellsynth.metrics import Evaluation, compare_frames
-    from cellsynth.segment import FinetuneSettings, finetune, load_model, segment
+    from cellsynth.segment import FinetuneSettings, evaluate_model, finetune, load_model
     from cellsynth.synthesize import SynthesisParams, Synthesizer
 
     pairs = read_dataset(args.data, require_labels=True).pairs
@@ -81,6 +86,7 @@ def main() -> int:
         "synthetic_size": args.size,
         "synthesis_seconds": round(synth_seconds, 1),
         "epochs": args.epochs,
+        "nimg_per_epoch": args.nimg_per_epoch,
         "results": results,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -88,15 +94,16 @@ def main() -> int:
             t = time.perf_counter()
             out = Path(tmp) / name.replace(" ", "_").replace("=", "")
             settings = FinetuneSettings(
-                epochs=args.epochs, p_real=p_real, device="cpu", seed=args.seed
+                epochs=args.epochs,
+                p_real=p_real,
+                device="cpu",
+                seed=args.seed,
+                nimg_per_epoch=args.nimg_per_epoch,
             )
             for _ in finetune(real, syn, out, settings):
                 pass
             model = load_model(out, "cpu")
-            ev = Evaluation()
-            for p in test:
-                ev.frames.extend(compare_frames(p.name, p.labels, segment(model, p.image)))
-            s = ev.summary()
+            s = evaluate_model(model, test).summary()
             results[name] = {
                 "SEG": s["SEG"],
                 "AP50": s["AP50"],

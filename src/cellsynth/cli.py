@@ -133,17 +133,12 @@ def _report_evaluation(ev: Any, args: argparse.Namespace) -> int:
 def _evaluate_model(args: argparse.Namespace) -> int:
     """Segment DATA with MODEL, then score against DATA's labels."""
     from cellsynth.io import read_dataset
-    from cellsynth.metrics import Evaluation, compare_frames
-    from cellsynth.segment import load_model, segment
+    from cellsynth.segment import evaluate_model, load_model
 
     model = load_model(args.model, args.device)
     ds = read_dataset(args.pred, require_labels=True, require_images=True)
-    ev = Evaluation()
     bar = _progress_bar(len(ds), "segmenting", unit="image")
-    for p in ds:
-        pred = segment(model, p.image)
-        ev.frames.extend(compare_frames(p.name, p.labels, pred, p.annotated_slices))
-        bar.update(1)
+    ev = evaluate_model(model, ds.pairs, on_image=lambda i, n: bar.update(1))
     bar.close()
     return _report_evaluation(ev, args)
 
@@ -425,6 +420,50 @@ def cmd_score(args: argparse.Namespace) -> int:
             )
         )
     )
+    return 0
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from cellsynth.experiment import load_config, run_experiment
+
+    config = load_config(args.config)
+    bar = _progress_bar(100, "experiment", unit="%")
+    job = run_experiment(
+        config,
+        args.output,
+        device=args.device,
+        only=args.only,
+        budget_hours=args.budget_hours,
+        command=["cellsynth", *args.argv],
+    )
+    stage = None
+    try:
+        for p in job:
+            if (p.stage, p.row) != stage:
+                stage = (p.stage, p.row)
+                bar.set_description(f"{p.stage}{f' [{p.row}]' if p.row else ''}")
+                if p.stage == "evaluation" or p.stage == "done":
+                    log.info("%s%s", f"{p.row}: " if p.row else "", p.message)
+            bar.n = round(100 * p.fraction, 1)
+            bar.set_postfix_str(p.message, refresh=False)
+            bar.refresh()
+    except KeyboardInterrupt:
+        job.close()
+        bar.close()
+        print(
+            f"interrupted: finished rows are kept in {args.output}; run the same command to "
+            "continue",
+            file=sys.stderr,
+        )
+        return 130
+    bar.close()
+    res = json.loads((args.output / "results.json").read_text())
+    print((args.output / "results.md").read_text())
+    summary = {
+        name: {k: rec.get(k) for k in ("SEG", "AP50", "bPQ", "train_seconds", "epochs")}
+        for name, rec in res["rows"].items()
+    }
+    print(json.dumps({"results": str(args.output / "results.json"), "rows": summary}))
     return 0
 
 
@@ -723,12 +762,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", type=Path, required=True, help="Cellpose model file")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser(
+        "experiment",
+        help="does synthetic data help? train Cellpose on real / synthetic / both, score it",
+        description="Run (or resume) a reproducible experiment from a JSON config "
+        "(experiments/*.json, docs/experiments.md): learn a bundle on the training frames, "
+        "synthesize pairs, train one Cellpose model per row with the same budget, score each "
+        "on held-out frames (SEG, AP50, bPQ). Finished rows are kept; rerunning continues.",
+    )
+    p.add_argument("config", type=Path, help="experiment config (JSON)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="experiment folder")
+    p.add_argument("--only", nargs="+", default=None, metavar="ROW", help="run only these rows")
+    p.add_argument(
+        "--budget-hours",
+        type=float,
+        default=None,
+        help="fit the pending rows in this many hours: epochs are lowered (never raised) "
+        "after timing a 2-epoch run; the epochs used are recorded per row",
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.set_defaults(func=cmd_experiment)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # recorded by 'experiment'
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(levelname)s: %(message)s",

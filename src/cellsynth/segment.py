@@ -24,16 +24,19 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cellsynth.device import select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, count_cells, labelled_slices, write_json
+
+if TYPE_CHECKING:
+    from cellsynth.metrics import Evaluation
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +200,29 @@ def segment(
     masks = model.eval(image.astype(np.float32), **kwargs)[0]
     masks = np.asarray(masks)
     return masks.astype(np.uint16 if masks.max() <= 65535 else np.uint32)
+
+
+def anisotropy_of(voxel_size: Sequence[float] | None, ndim: int) -> float | None:
+    """Cellpose's ``anisotropy`` (z step / in-plane pixel) for a stack, from its voxel size."""
+    if ndim != 3 or not voxel_size or len(voxel_size) != 3 or not voxel_size[1] > 0:
+        return None
+    return float(voxel_size[0]) / float(voxel_size[1])
+
+
+def evaluate_model(
+    model: Any, pairs: Sequence[Pair], on_image: Callable[[int, int], None] | None = None
+) -> Evaluation:
+    """Segment each pair's image and score it against its labels (slice-wise when annotated)."""
+    from cellsynth.metrics import Evaluation, compare_frames
+
+    ev = Evaluation()
+    for i, p in enumerate(pairs):
+        image = p.image
+        pred = segment(model, image, anisotropy=anisotropy_of(p.voxel_size, image.ndim))
+        ev.frames.extend(compare_frames(p.name, p.labels, pred, p.annotated_slices))
+        if on_image is not None:
+            on_image(i + 1, len(pairs))
+    return ev
 
 
 # --------------------------------------------------------------------------- fine-tuning

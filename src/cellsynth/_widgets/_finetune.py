@@ -188,26 +188,21 @@ class FinetuneWidget(Container):
         model_path = self.model_path
         layer = self.image_pick.value
         image = np.asarray(layer.data) if layer is not None else None
+        scale = tuple(layer.scale) if layer is not None else None
         validation = path_or_none(self.validation)
 
         def run():
-            from cellsynth.metrics import Evaluation, compare_frames
-            from cellsynth.segment import load_model, segment
+            from cellsynth.segment import anisotropy_of, evaluate_model, load_model, segment
 
             model = load_model(model_path, "auto")
             if image is not None and image.ndim in (2, 3):
-                yield ("prediction", segment(model, image))
+                aniso = anisotropy_of(scale, image.ndim)
+                yield ("prediction", segment(model, image, anisotropy=aniso))
             if validation is not None:
                 from cellsynth.io import read_dataset
 
-                ev = Evaluation()
-                for p in read_dataset(validation, require_labels=True):
-                    ev.frames.extend(
-                        compare_frames(
-                            p.name, p.labels, segment(model, p.image), p.annotated_slices
-                        )
-                    )
-                yield ("evaluation", ev.summary())
+                pairs = read_dataset(validation, require_labels=True).pairs
+                yield ("evaluation", evaluate_model(model, pairs).summary())
 
         def show(item: Any) -> None:
             kind, value = item

@@ -1,0 +1,855 @@
+"""Does synthetic data help? One reproducible experiment: config → bundle → synthetic → Cellpose.
+
+An experiment is a JSON config (see ``experiments/`` and docs/experiments.md)::
+
+    {"name": "gowt1", "data": "../../shared/data/ctc_Fluo-N2DH-GOWT1",
+     "train": ["t01", "t21"], "test": ["t31", "t39"],
+     "bundle": null, "learn": {"minutes": 12},
+     "synthetic": {"n": 16, "size": [512, 512], "seed": 0},
+     "training": {"epochs": 200, "nimg_per_epoch": 8, "seed": 0},
+     "curation": {"score_with": "real"},
+     "rows": [{"name": "real"}, {"name": "synthetic", "real": [], "synthetic": 16},
+              {"name": "both p_real=0.6", "synthetic": 16, "p_real": 0.6}]}
+
+:func:`run_experiment` learns a generator bundle on the training frames only (or uses the one
+named), synthesizes the synthetic pairs once (seeds ``seed, seed+1, …``; one set per ``rho`` in
+3D), trains one Cellpose model per row from scratch with the same budget (``epochs`` ×
+``nimg_per_epoch`` training crops for every row, so rows differ only in what is drawn), and
+scores every model on the test frames that no model and no bundle saw (SEG, AP50, bPQ).
+Curated rows keep the best synthetic pairs by the quality score of paper 003 (the ``score_with``
+row's model segments each synthetic image; SEG against its own mask).
+
+Everything lands in the output folder: ``config.json`` (the resolved config), ``bundle/``,
+``synthetic*/``, ``models/``, ``rows/NAME.json`` (one file per finished row, with its key, the
+command, the machine and the timings) and ``results.json`` / ``results.md`` assembled from them.
+A row whose key (a hash of everything that determines it) is already there is not trained
+again, so an interrupted experiment resumes and several processes can share rows
+(``only=``). The bundle and synthesis stage is serialised with a file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellsynth.errors import CellsynthInputError
+from cellsynth.io import Pair, read_dataset, write_json
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEYS = {
+    "name", "description", "data", "train", "test", "bundle", "learn", "synthetic", "training",
+    "curation", "rows", "voxel_size",
+}  # fmt: skip
+ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "note"}
+LEARN_KEYS = {
+    "minutes", "mask_steps", "texture_steps", "seed", "3d", "voxel_size", "multiview_steps",
+    "tiny",
+}  # fmt: skip
+SYNTHETIC_KEYS = {"n", "size", "seed", "steps", "cluster_prob"}
+TRAINING_KEYS = {"epochs", "nimg_per_epoch", "seed", "batch_size", "bsize", "learning_rate"}
+CURATION_KEYS = {"score_with"}
+
+
+@dataclass
+class Row:
+    """One model of the table: which real frames, how many synthetic pairs, how they mix."""
+
+    name: str
+    real: list[str]  # training frames used (a subset of the config's train frames)
+    synthetic: int = 0  # synthetic pairs used (the first n, or the best n when curated)
+    p_real: float = 1.0
+    curated: bool = False
+    rho: float | None = None  # 3D: the synthetic set painted with this slice correlation
+    note: str = ""
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", self.name).strip("_") or "row"
+
+
+@dataclass
+class ExperimentConfig:
+    name: str
+    data: Path
+    train: list[str]
+    test: list[str]
+    rows: list[Row]
+    bundle: Path | None = None
+    learn: dict[str, Any] = field(default_factory=dict)
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    curation: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+    voxel_size: tuple[float, ...] | None = None  # for 3D data whose files do not record it
+    source: Path | None = None
+
+    @property
+    def epochs(self) -> int:
+        return int(self.training.get("epochs", 200))
+
+    @property
+    def nimg_per_epoch(self) -> int:
+        return int(self.training.get("nimg_per_epoch", 8))
+
+    @property
+    def n_synthetic(self) -> int:
+        return int(self.synthetic.get("n", max([r.synthetic for r in self.rows] + [0])))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "data": str(self.data),
+            "train": self.train,
+            "test": self.test,
+            "bundle": str(self.bundle) if self.bundle else None,
+            "learn": self.learn,
+            "synthetic": self.synthetic,
+            "training": self.training,
+            "curation": self.curation,
+            "voxel_size": list(self.voxel_size) if self.voxel_size else None,
+            "rows": [asdict(r) for r in self.rows],
+        }
+
+
+# --------------------------------------------------------------------------- config
+
+
+def _check_keys(d: Any, allowed: set[str], where: str, path: Path) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise CellsynthInputError(f"{where} must be a JSON object", path)
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise CellsynthInputError(
+            f"unknown key(s) {unknown} in {where} (known: {sorted(allowed)})", path
+        )
+    return d
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and check an experiment config; relative paths are relative to the config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CellsynthInputError("experiment config not found", path)
+    try:
+        raw = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CellsynthInputError(f"not a valid JSON file ({exc})", path) from exc
+    return config_from_dict(raw, base=path.parent, source=path)
+
+
+def config_from_dict(
+    raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None
+) -> ExperimentConfig:
+    where = source or Path("<config>")
+    _check_keys(raw, CONFIG_KEYS, "the config", where)
+    for key in ("data", "train", "test", "rows"):
+        if key not in raw:
+            raise CellsynthInputError(f"the config needs {key!r}", where)
+
+    def resolve(p: str) -> Path:
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else (base / q).resolve()
+
+    learn = _check_keys(raw.get("learn") or {}, LEARN_KEYS, "'learn'", where)
+    synthetic = _check_keys(raw.get("synthetic") or {}, SYNTHETIC_KEYS, "'synthetic'", where)
+    training = _check_keys(raw.get("training") or {}, TRAINING_KEYS, "'training'", where)
+    curation = _check_keys(raw.get("curation") or {}, CURATION_KEYS, "'curation'", where)
+    train, test = list(raw["train"]), list(raw["test"])
+    if not train or not test:
+        raise CellsynthInputError("'train' and 'test' must each name at least one frame", where)
+    if set(train) & set(test):
+        raise CellsynthInputError(
+            f"frames {sorted(set(train) & set(test))} are both train and test", where
+        )
+    rows = []
+    for i, r in enumerate(raw["rows"]):
+        _check_keys(r, ROW_KEYS, f"row {i + 1}", where)
+        if "name" not in r:
+            raise CellsynthInputError(f"row {i + 1} needs a 'name'", where)
+        real = list(train if r.get("real") is None else r["real"])
+        bad = sorted(set(real) - set(train))
+        if bad:
+            raise CellsynthInputError(
+                f"row {r['name']!r}: real frames {bad} are not training frames {train}", where
+            )
+        n_syn = int(r.get("synthetic", 0))
+        default_p = 1.0 if n_syn == 0 else (0.0 if not real else 0.6)
+        p_real = float(r.get("p_real", default_p))
+        if not 0.0 <= p_real <= 1.0:
+            raise CellsynthInputError(f"row {r['name']!r}: p_real must be in [0, 1]", where)
+        if not real and n_syn == 0:
+            raise CellsynthInputError(f"row {r['name']!r} trains on nothing", where)
+        if n_syn < 0:
+            raise CellsynthInputError(f"row {r['name']!r}: synthetic must be >= 0", where)
+        if real and n_syn and p_real in (0.0, 1.0):
+            log.warning("row %r: p_real %s ignores one of the two sets", r["name"], p_real)
+        rows.append(
+            Row(
+                name=str(r["name"]),
+                real=real,
+                synthetic=n_syn,
+                p_real=p_real if n_syn else 1.0,
+                curated=bool(r.get("curated", False)),
+                rho=None if r.get("rho") is None else float(r["rho"]),
+                note=str(r.get("note", "")),
+            )
+        )
+    names = [r.name for r in rows]
+    if len(set(names)) != len(names):
+        raise CellsynthInputError("row names must be unique", where)
+    if len({r.slug for r in rows}) != len(rows):
+        raise CellsynthInputError("row names must differ in letters/digits (file names)", where)
+    cfg = ExperimentConfig(
+        name=str(raw.get("name") or (source.stem if source else "experiment")),
+        description=str(raw.get("description", "")),
+        data=resolve(raw["data"]),
+        train=train,
+        test=test,
+        rows=rows,
+        bundle=resolve(raw["bundle"]) if raw.get("bundle") else None,
+        learn=learn,
+        synthetic=synthetic,
+        training=training,
+        curation=curation,
+        voxel_size=_voxel_size(raw.get("voxel_size"), where),
+        source=source,
+    )
+    if cfg.n_synthetic < max(r.synthetic for r in rows):
+        raise CellsynthInputError(
+            f"a row uses more synthetic pairs than synthetic.n = {cfg.n_synthetic}", where
+        )
+    if any(r.curated for r in rows):
+        scorer = curation.get("score_with", "real")
+        by_name = {r.name: r for r in rows}
+        if scorer not in by_name:
+            raise CellsynthInputError(
+                f"curated rows need curation.score_with = a row name; {scorer!r} is not one", where
+            )
+        if by_name[scorer].synthetic:
+            raise CellsynthInputError(
+                f"curation.score_with row {scorer!r} must train on real data only", where
+            )
+    if cfg.epochs < 1 or cfg.nimg_per_epoch < 1:
+        raise CellsynthInputError("training.epochs and nimg_per_epoch must be >= 1", where)
+    return cfg
+
+
+def _voxel_size(v: Any, where: Path) -> tuple[float, ...] | None:
+    if v is None:
+        return None
+    try:
+        vs = tuple(float(x) for x in v)
+    except (TypeError, ValueError):
+        vs = ()
+    if len(vs) != 3 or not all(x > 0 for x in vs):
+        raise CellsynthInputError(
+            f"voxel_size must be three positive numbers Z Y X, got {v}", where
+        )
+    return vs
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class ExperimentProgress:
+    stage: str  # bundle | synthesis | calibration | training | scoring | evaluation | done
+    row: str | None
+    fraction: float
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    from cellsynth import __version__
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cellsynth": __version__,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(Exception):
+        import cellpose
+
+        info["cellpose"] = getattr(cellpose, "__version__", None) or _dist_version("cellpose")
+    return info
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock file (POSIX); elsewhere a no-op."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Experiment:
+    """The state of one experiment folder; :meth:`run` does the work and yields progress."""
+
+    def __init__(self, config: ExperimentConfig, out: str | Path, *, device: str = "auto"):
+        self.config = config
+        self.out = Path(out)
+        self.device = device
+        self.pairs = self._read_frames()
+        self.is_3d = any(p.labels.ndim == 3 for p in self.test_pairs)
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _read_frames(self) -> dict[str, Pair]:
+        cfg = self.config
+        ds = read_dataset(cfg.data, require_labels=True)
+        pairs = {p.name: p for p in ds.pairs}
+        if cfg.voxel_size:
+            for p in pairs.values():
+                p.voxel_size = p.voxel_size or cfg.voxel_size
+        missing = [n for n in cfg.train + cfg.test if n not in pairs]
+        if missing:
+            raise CellsynthInputError(
+                f"frames {missing} not found (available: {sorted(pairs)[:20]})", cfg.data
+            )
+        return pairs
+
+    @property
+    def train_pairs(self) -> list[Pair]:
+        return [self.pairs[n] for n in self.config.train]
+
+    @property
+    def test_pairs(self) -> list[Pair]:
+        return [self.pairs[n] for n in self.config.test]
+
+    # -- paths and records ------------------------------------------------------------------
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.config.bundle or self.out / "bundle"
+
+    def synthetic_path(self, rho: float | None) -> Path:
+        return self.out / ("synthetic" if rho is None else f"synthetic_rho{rho:g}")
+
+    def model_path(self, row: Row) -> Path:
+        return self.out / "models" / row.slug
+
+    def row_path(self, row: Row) -> Path:
+        return self.out / "rows" / f"{row.slug}.json"
+
+    def _bundle_identity(self) -> Any:
+        if self.config.bundle is not None:
+            bj = self.config.bundle / "bundle.json"
+            if not bj.is_file():
+                raise CellsynthInputError("not a cellsynth bundle (no bundle.json)", bj.parent)
+            return {"path": str(self.config.bundle), "sha": _hash(bj.read_text())}
+        return {"learn": self.config.learn, "train": self.config.train}
+
+    def synthetic_key(self, rho: float | None) -> str:
+        return _hash(
+            {
+                "bundle": self._bundle_identity(),
+                "synthetic": self.config.synthetic,
+                "n": self.config.n_synthetic,
+                "size": self._synthetic_size(),
+                "rho": rho,
+            }
+        )
+
+    def row_key(self, row: Row, epochs: int) -> str:
+        cfg = self.config
+        return _hash(
+            {
+                "data": str(cfg.data),
+                "train": cfg.train,
+                "test": cfg.test,
+                "row": asdict(row) | {"note": None},
+                "synthetic": self.synthetic_key(row.rho) if row.synthetic else None,
+                "curation": cfg.curation if row.curated else None,
+                "scorer": (self.row_key(self._scorer(), epochs) if row.curated else None),
+                "training": cfg.training | {"epochs": epochs},
+            }
+        )
+
+    def _scorer(self) -> Row:
+        name = self.config.curation.get("score_with", "real")
+        return next(r for r in self.config.rows if r.name == name)
+
+    def finished(self, row: Row, epochs: int) -> dict[str, Any] | None:
+        path = self.row_path(row)
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        if rec.get("key") != self.row_key(row, epochs) or not self.model_path(row).is_file():
+            return None
+        return rec
+
+    def _synthetic_size(self) -> list[int]:
+        size = self.config.synthetic.get("size")
+        if size:
+            return [int(s) for s in size]
+        return list(self.train_pairs[0].labels.shape)  # the real frames' size
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        only: Sequence[str] | None = None,
+        budget_hours: float | None = None,
+        command: Sequence[str] | None = None,
+    ) -> Iterator[ExperimentProgress]:
+        cfg = self.config
+        rows = cfg.rows
+        if only:
+            unknown = sorted(set(only) - {r.name for r in rows})
+            if unknown:
+                raise CellsynthInputError(
+                    f"--only {unknown}: no such row (rows: {[r.name for r in rows]})",
+                    cfg.source or cfg.name,
+                )
+            rows = [r for r in rows if r.name in only]
+            if any(r.curated for r in rows) and self._scorer() not in rows:
+                rows = [self._scorer(), *rows]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.command = list(command) if command is not None else sys.argv
+        self.machine = machine_info(str(self._device()))
+        needs = {r.rho for r in rows if r.synthetic}
+        with _lock(self.out / ".prepare.lock"):
+            if needs:
+                yield from self._ensure_bundle()
+                for rho in sorted(needs, key=lambda v: -1 if v is None else v):
+                    yield from self._ensure_synthetic(rho)
+        epochs = cfg.epochs
+        pending = [r for r in rows if self.finished(r, epochs) is None]
+        if budget_hours is not None and pending:
+            epochs = yield from self._epochs_for_budget(pending, budget_hours)
+            pending = [r for r in rows if self.finished(r, epochs) is None]
+        self.epochs = epochs
+        order = sorted(rows, key=lambda r: 0 if (r.name == self._scorer_name()) else 1)
+        for row in order:
+            if self.finished(row, epochs) is not None:
+                log.info("row %r already done (same key): kept", row.name)
+                continue
+            yield from self._run_row(row, epochs)
+            self.write_results()
+        self.write_results()
+        yield ExperimentProgress("done", None, 1.0, str(self.out / "results.json"))
+
+    def _scorer_name(self) -> str:
+        return self.config.curation.get("score_with", "real")
+
+    def _device(self) -> Any:
+        from cellsynth.device import select_device
+
+        return select_device(self.device)
+
+    def _write_config(self) -> None:
+        path = self.out / "config.json"
+        new = self.config.to_dict()
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old != new:
+                log.warning("%s differs from the config given; rows are matched by key", path)
+                write_json(self.out / f"config-{time.strftime('%Y%m%d-%H%M%S')}.json", new)
+                return
+            return
+        write_json(path, new)
+
+    def _ensure_bundle(self) -> Iterator[ExperimentProgress]:
+        path = self.bundle_path
+        if self.config.bundle is not None:
+            self._bundle_identity()  # checks bundle.json
+            return
+        done = self.out / "bundle.done.json"
+        if done.is_file() and json.loads(done.read_text()).get("learn") == self.config.learn:
+            return
+        from cellsynth.learn import LearnSettings, learn
+
+        lc = dict(self.config.learn)
+        settings = LearnSettings(
+            minutes=lc.get("minutes", 20.0),
+            mask_steps=int(lc.get("mask_steps", 2000)),
+            texture_steps=int(lc.get("texture_steps", 4000)),
+            seed=int(lc.get("seed", 0)),
+            device=self.device,
+        )
+        if lc.get("tiny"):
+            settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
+            settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
+        resume = (path / "training_state" / "state.json").is_file()
+        if path.exists() and any(path.iterdir()) and not resume:
+            raise CellsynthInputError(
+                "an unfinished bundle without training state is in the way; remove it", path
+            )
+        t0 = time.perf_counter()
+        if lc.get("3d"):
+            from cellsynth.learn3d import Learn3DSettings, check_3d_pairs, learn_3d
+
+            check_3d_pairs(self.train_pairs)
+            s3 = Learn3DSettings(
+                multiview_steps=int(lc.get("multiview_steps", 1000)),
+                voxel_size=tuple(lc["voxel_size"])
+                if lc.get("voxel_size")
+                else self.config.voxel_size,
+            )
+            if lc.get("tiny"):
+                s3.calibration_side = 32
+            job = learn_3d(self.train_pairs, path, settings, s3, resume=resume)
+        else:
+            job = learn(self.train_pairs, path, settings, resume=resume)
+        last = None
+        for p in job:
+            last = p
+            yield ExperimentProgress("bundle", None, p.fraction, f"loss {p.loss:.4f}")
+        write_json(
+            done,
+            {
+                "learn": self.config.learn,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "mask_steps": getattr(last, "mask_step", None),
+                "texture_steps": getattr(last, "texture_step", None),
+            },
+        )
+
+    def _ensure_synthetic(self, rho: float | None) -> Iterator[ExperimentProgress]:
+        from cellsynth.io import DatasetWriter
+        from cellsynth.synthesize import SynthesisParams, synthesize
+
+        path = self.synthetic_path(rho)
+        key = self.synthetic_key(rho)
+        n = self.config.n_synthetic
+        marker = path / "experiment.json"
+        state = json.loads(marker.read_text()) if marker.is_file() else {}
+        if state.get("key") not in (None, key):
+            raise CellsynthInputError(
+                "holds synthetic pairs of another config (bundle, size or seed changed); "
+                "use a new output folder",
+                path,
+            )
+        have = len(self._synthetic_names(path))
+        if have >= n:
+            return
+        sc = self.config.synthetic
+        params = SynthesisParams(
+            size=tuple(self._synthetic_size()),
+            seed=int(sc.get("seed", 0)) + have,
+            steps=sc.get("steps"),
+            cluster_prob=float(sc.get("cluster_prob", 0.3)),
+            rho=rho,
+        )
+        t0 = time.perf_counter()
+        for i, _total, _ in synthesize(
+            path, n - have, params, bundle=self.bundle_path, device=self.device
+        ):
+            if i == 1 and not marker.is_file():
+                write_json(marker, {"key": key, "seconds": 0.0, "n": n})
+            yield ExperimentProgress("synthesis", None, (have + i) / n, f"pair {have + i}/{n}")
+        secs = float(state.get("seconds", 0.0)) + time.perf_counter() - t0
+        write_json(marker, {"key": key, "seconds": round(secs, 1), "n": n})
+        DatasetWriter(path)  # dataset.json exists and reads back
+
+    @staticmethod
+    def _synthetic_names(path: Path) -> list[str]:
+        if not (path / "labels").is_dir():
+            return []
+        return sorted(
+            p.stem for p in (path / "labels").glob("*.tif") if (path / "images" / p.name).is_file()
+        )
+
+    def synthetic_pairs(self, row: Row) -> list[Pair]:
+        if not row.synthetic:
+            return []
+        path = self.synthetic_path(row.rho)
+        pairs = read_dataset(path, require_labels=True).pairs
+        pairs = sorted(pairs, key=lambda p: p.name)[: self.config.n_synthetic]
+        if row.curated:
+            quality = self._quality(path, pairs)
+            pairs = sorted(pairs, key=lambda p: -quality[p.name])  # best first
+        return pairs[: row.synthetic]
+
+    def _quality(self, path: Path, pairs: Sequence[Pair]) -> dict[str, float]:
+        """SEG of the scorer model on each synthetic pair (cached in the dataset's JSON)."""
+        from cellsynth.io import DatasetWriter
+        from cellsynth.segment import load_model, score_dataset
+
+        scorer = self._scorer()
+        model_file = self.model_path(scorer)
+        scorer_key = self.row_key(scorer, self.epochs)
+        writer = DatasetWriter(path)
+        samples = writer.meta["samples"]
+        todo = [
+            p
+            for p in pairs
+            if samples.get(p.name, {}).get("quality", {}).get("scorer_key") != scorer_key
+        ]
+        if todo:
+            model = load_model(model_file, self.device)
+            for r in score_dataset(model, todo):
+                samples.setdefault(r["name"], {})["quality"] = {
+                    "SEG": r["SEG"],
+                    "IoU": r["IoU"],
+                    "model": str(model_file),
+                    "scorer_key": scorer_key,
+                }
+            writer.save()
+        out = {}
+        for p in pairs:
+            v = samples[p.name]["quality"]["SEG"]
+            out[p.name] = -1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v
+        return out
+
+    def _settings(self, row: Row, epochs: int) -> Any:
+        from cellsynth.segment import FinetuneSettings
+
+        t = self.config.training
+        s = FinetuneSettings(
+            epochs=epochs,
+            p_real=row.p_real,
+            device=self.device,
+            seed=int(t.get("seed", 0)),
+            nimg_per_epoch=self.config.nimg_per_epoch,
+        )
+        for k in ("batch_size", "bsize"):
+            if k in t:
+                setattr(s, k, int(t[k]))
+        if t.get("learning_rate") is not None:
+            s.learning_rate = float(t["learning_rate"])
+        return s
+
+    def _epochs_for_budget(
+        self, pending: Sequence[Row], hours: float
+    ) -> Iterator[ExperimentProgress]:
+        """Epochs so that the pending rows fit in ``hours``: time a 2-epoch run, then scale."""
+        import tempfile
+
+        from cellsynth.segment import finetune
+
+        row = max(pending, key=lambda r: (bool(r.real), r.synthetic))
+        settings = self._settings(row, 2)
+        real = [self.pairs[n] for n in row.real]
+        syn = self.synthetic_pairs(row) if not row.curated else []
+        if not real and not syn:
+            syn = self.synthetic_pairs(Row(row.name, [], row.synthetic, 0.0, False, row.rho))
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            for p in finetune(real, syn, Path(tmp) / "calibration", settings):
+                yield ExperimentProgress("calibration", row.name, p.fraction)
+        per_epoch = (time.perf_counter() - t0) / 2  # includes set-up: errs on the safe side
+        eval_s = 30.0 * len(self.config.test)
+        budget = hours * 3600 - len(pending) * eval_s
+        epochs = min(self.config.epochs, int(budget / (len(pending) * per_epoch)))
+        if epochs < 10:
+            raise CellsynthInputError(
+                f"a time budget of {hours:g} h allows {max(epochs, 0)} epochs for "
+                f"{len(pending)} row(s) ({per_epoch:.1f} s per epoch here); give at least "
+                f"{len(pending) * (10 * per_epoch + eval_s) / 3600:.2f} h or fewer rows"
+            )
+        log.info(
+            "budget %.2f h: %d epochs per row (%.1f s/epoch, %d rows)",
+            hours, epochs, per_epoch, len(pending),
+        )  # fmt: skip
+        return epochs
+
+    def _run_row(self, row: Row, epochs: int) -> Iterator[ExperimentProgress]:
+        from cellsynth.segment import evaluate_model, finetune, load_model, read_log
+
+        real = [self.pairs[n] for n in row.real]
+        if row.curated:
+            yield ExperimentProgress("scoring", row.name, 0.0, "quality scores")
+        syn = self.synthetic_pairs(row)
+        out = self.model_path(row)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():  # a stale model of another key: set it aside, never delete it
+            stale = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            for suffix in ("", ".safetensors", ".log.json"):
+                src = out.with_name(out.name + suffix)
+                if src.exists():
+                    src.rename(stale.with_name(stale.name + suffix))
+        t0 = time.perf_counter()
+        for p in finetune(real, syn, out, self._settings(row, epochs)):
+            yield ExperimentProgress(
+                "training", row.name, p.fraction, f"epoch {p.epoch}/{epochs} loss {p.loss:.4f}"
+            )
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        model = load_model(out, self.device)
+        ev = evaluate_model(model, self.test_pairs)
+        eval_s = time.perf_counter() - t1
+        s = ev.summary()
+        log_json = read_log(out)
+        rec = {
+            "row": asdict(row),
+            "key": self.row_key(row, epochs),
+            "SEG": s["SEG"],
+            "AP50": s["AP50"],
+            "bPQ": s["bPQ"],
+            "n_reference": s["n_reference"],
+            "n_predicted": s["n_predicted"],
+            "frames": ev.rows(),
+            "epochs": epochs,
+            "nimg_per_epoch": log_json["nimg_per_epoch"],
+            "n_real_images": log_json["n_real"],
+            "n_synthetic_images": log_json["n_synthetic"],
+            "synthetic_used": [p.name for p in syn],
+            "p_real_effective": log_json["p_real_effective"],
+            "final_loss": (log_json["epoch_losses"] or [None])[-1],
+            "train_seconds": round(train_s, 1),
+            "eval_seconds": round(eval_s, 1),
+            "model": str(out),
+            "command": self.command,
+            "machine": self.machine,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        write_json(self.row_path(row), _nan_to_none(rec))
+        yield ExperimentProgress(
+            "evaluation", row.name, 1.0, f"SEG {s['SEG']:.3f} AP50 {s['AP50']:.3f}"
+        )
+
+    # -- results ----------------------------------------------------------------------------
+
+    def results(self) -> dict[str, Any]:
+        rows = {}
+        for row in self.config.rows:
+            path = self.row_path(row)
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                if rec.get("key") in {self.row_key(row, e) for e in self._known_epochs(rec)}:
+                    rows[row.name] = rec
+        extra: dict[str, Any] = {}
+        done = self.out / "bundle.done.json"
+        if done.is_file():
+            extra["bundle_learning"] = json.loads(done.read_text())
+        for rho in sorted({r.rho for r in self.config.rows if r.synthetic}, key=str):
+            marker = self.synthetic_path(rho) / "experiment.json"
+            if marker.is_file():
+                extra[f"synthesis{'' if rho is None else f'_rho{rho:g}'}"] = json.loads(
+                    marker.read_text()
+                )
+        return {
+            "config": self.config.to_dict(),
+            "bundle": str(self.bundle_path),
+            **extra,
+            "rows": rows,
+        }
+
+    @staticmethod
+    def _known_epochs(rec: dict[str, Any]) -> list[int]:
+        return [int(rec.get("epochs", 0))]
+
+    def write_results(self) -> dict[str, Any]:
+        res = self.results()
+        write_json(self.out / "results.json", _nan_to_none(res))
+        (self.out / ".results.md.tmp").write_text(results_markdown(res))
+        os.replace(self.out / ".results.md.tmp", self.out / "results.md")
+        return res
+
+
+def _nan_to_none(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _nan_to_none(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_nan_to_none(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return obj
+
+
+def _f(v: Any, nd: int = 3) -> str:
+    return "–" if v is None else f"{v:.{nd}f}"
+
+
+def results_markdown(res: dict[str, Any]) -> str:
+    cfg = res["config"]
+    lines = [
+        f"# {cfg['name']}: Cellpose trained on real / synthetic / both",
+        "",
+        f"Data `{cfg['data']}`; train {', '.join(cfg['train'])}; test {', '.join(cfg['test'])}.",
+        f"Budget per row: {cfg['training'].get('epochs', 200)} epochs × "
+        f"{cfg['training'].get('nimg_per_epoch', 8)} crops (from scratch).",
+        "",
+        "| row | real frames | synthetic | p_real | SEG | AP50 | bPQ | train min | epochs |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in cfg["rows"]:
+        rec = res["rows"].get(r["name"])
+        syn = f"{r['synthetic']}{' (curated)' if r['curated'] else ''}"
+        if r.get("rho") is not None:
+            syn += f" rho {r['rho']:g}"
+        real = ", ".join(r["real"]) or "–"
+        if rec is None:
+            lines.append(f"| {r['name']} | {real} | {syn} | {r['p_real']:g} | not run | | | | |")
+            continue
+        lines.append(
+            f"| {r['name']} | {real} | {syn} | {r['p_real']:g} | {_f(rec['SEG'])} | "
+            f"{_f(rec['AP50'])} | {_f(rec['bPQ'])} | {rec['train_seconds'] / 60:.1f} | "
+            f"{rec['epochs']} |"
+        )
+    machines = {json.dumps(rec.get("machine", {}), sort_keys=True) for rec in res["rows"].values()}
+    if machines:
+        lines += ["", "Machine(s):"]
+        lines += [f"- `{m}`" for m in sorted(machines)]
+    return "\n".join(lines) + "\n"
+
+
+def run_experiment(
+    config: ExperimentConfig | str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    only: Sequence[str] | None = None,
+    budget_hours: float | None = None,
+    command: Sequence[str] | None = None,
+) -> Iterator[ExperimentProgress]:
+    """Run (or resume) an experiment; yields progress; results in ``out/results.json``."""
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    exp = Experiment(config, out, device=device)
+    yield from exp.run(only=only, budget_hours=budget_hours, command=command)

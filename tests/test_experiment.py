@@ -1,0 +1,180 @@
+"""The reproducible experiment: config checks, a tiny end-to-end run, resume, curation, budget."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cellsynth.cli import main
+from cellsynth.errors import CellsynthInputError
+from cellsynth.experiment import Experiment, config_from_dict, load_config, run_experiment
+from cellsynth.samples import sample_dataset_path
+
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLE = ROOT / "src" / "cellsynth" / "data" / "bundle_dsb2018"
+
+
+def _frames() -> list[str]:
+    return sorted(p.stem for p in (Path(sample_dataset_path()) / "images").glob("*.tif"))
+
+
+def tiny_config(**over) -> dict:
+    f = _frames()
+    cfg = {
+        "name": "tiny",
+        "data": str(sample_dataset_path()),
+        "train": f[:2],
+        "test": f[2:3],
+        "bundle": str(BUNDLE),
+        "synthetic": {"n": 3, "size": [64, 64], "steps": 2},
+        "training": {"epochs": 1, "nimg_per_epoch": 2, "bsize": 64, "batch_size": 2},
+        "curation": {"score_with": "real"},
+        "rows": [
+            {"name": "real"},
+            {"name": "synthetic", "real": [], "synthetic": 2},
+            {"name": "both curated", "synthetic": 2, "p_real": 0.5, "curated": True},
+        ],
+    }
+    cfg.update(over)
+    return cfg
+
+
+def _write(tmp_path, cfg) -> Path:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """One tiny experiment run through the CLI (all rows)."""
+    tmp = tmp_path_factory.mktemp("exp")
+    cfg = _write(tmp, tiny_config())
+    out = tmp / "out"
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
+    return cfg, out
+
+
+def test_experiment_writes_every_row_traceable_to_its_config(finished):
+    cfg, out = finished
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["rows"]) == {"real", "synthetic", "both curated"}
+    for name, rec in res["rows"].items():
+        assert 0.0 <= rec["SEG"] <= 1.0 and 0.0 <= rec["AP50"] <= 1.0, name
+        assert rec["epochs"] == 1 and rec["nimg_per_epoch"] == 2
+        assert rec["command"][0] == "cellsynth" and "experiment" in rec["command"]
+        assert str(cfg) in rec["command"]
+        assert rec["machine"]["cpu_count"] >= 1 and rec["machine"]["device"] == "cpu"
+        assert Path(rec["model"]).is_file()
+    assert res["rows"]["real"]["n_synthetic_images"] == 0
+    assert res["rows"]["synthetic"]["n_real_images"] == 0
+    assert res["rows"]["synthetic"]["synthetic_used"] == ["synth_0000", "synth_0001"]
+    # the synthetic set was written once, three pairs with their seeds, for all rows
+    ds = json.loads((out / "synthetic" / "dataset.json").read_text())
+    assert sorted(ds["samples"]) == ["synth_0000", "synth_0001", "synth_0002"]
+    assert [ds["samples"][n]["seed"] for n in sorted(ds["samples"])] == [0, 1, 2]
+    # curation scored every synthetic pair with the real-only model
+    assert all("quality" in s for s in ds["samples"].values())
+    md = (out / "results.md").read_text()
+    assert "| both curated |" in md and "2 (curated)" in md
+
+
+def test_rerunning_keeps_finished_rows_and_a_changed_budget_retrains(finished, tmp_path):
+    cfg, out = finished
+    models = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == models
+    # two epochs instead of one: a different key, so the row trains again
+    c = json.loads(cfg.read_text())
+    c["training"]["epochs"] = 2
+    cfg2 = _write(tmp_path, c)
+    assert main(["-q", "experiment", str(cfg2), "-o", str(out), "--only", "real"]) == 0
+    rec = json.loads((out / "rows" / "real.json").read_text())
+    assert rec["epochs"] == 2
+    assert any(p.name.startswith("real.old-") for p in (out / "models").iterdir())
+
+
+def test_curated_rows_take_the_best_scored_pairs(tmp_path, monkeypatch):
+    exp = Experiment(config_from_dict(tiny_config()), tmp_path / "out", device="cpu")
+    list(exp._ensure_synthetic(None))
+    row = next(r for r in exp.config.rows if r.curated)
+    scores = {"synth_0000": 0.1, "synth_0001": 0.2, "synth_0002": 0.9}
+    monkeypatch.setattr(exp, "_quality", lambda path, pairs: scores)
+    assert [p.name for p in exp.synthetic_pairs(row)] == ["synth_0002", "synth_0001"]
+    plain = next(r for r in exp.config.rows if r.name == "synthetic")
+    assert [p.name for p in exp.synthetic_pairs(plain)] == ["synth_0000", "synth_0001"]
+
+
+def test_only_a_curated_row_also_trains_its_scorer(tmp_path):
+    out = tmp_path / "out"
+    cfg = config_from_dict(tiny_config())
+    list(run_experiment(cfg, out, device="cpu", only=["both curated"]))
+    assert sorted(p.stem for p in (out / "rows").glob("*.json")) == ["both_curated", "real"]
+
+
+def test_a_budget_lowers_epochs_and_a_hopeless_budget_is_refused(tmp_path):
+    c = tiny_config(rows=[{"name": "real"}])
+    c["training"]["epochs"] = 40
+    cfg = config_from_dict(c)
+    with pytest.raises(CellsynthInputError, match=r"time budget of 0\.0001 h allows"):
+        list(run_experiment(cfg, tmp_path / "a", device="cpu", budget_hours=0.0001))
+    list(run_experiment(cfg, tmp_path / "b", device="cpu", budget_hours=0.25))
+    rec = json.loads((tmp_path / "b" / "rows" / "real.json").read_text())
+    assert 10 <= rec["epochs"] <= 40
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"typo": 1}, "unknown key(s) ['typo']"),
+        ({"test": None}, "the config needs 'test'"),
+        ({"rows": [{"name": "r", "real": ["nope"]}]}, "are not training frames"),
+        ({"rows": [{"name": "r", "real": [], "synthetic": 0}]}, "trains on nothing"),
+        ({"rows": [{"name": "r", "synthetic": 9}]}, "more synthetic pairs than synthetic.n"),
+        ({"rows": [{"name": "r", "p_real": 1.5, "synthetic": 1}]}, "p_real must be in [0, 1]"),
+        ({"rows": [{"name": "r"}, {"name": "r"}]}, "row names must be unique"),
+        (
+            {"rows": [{"name": "c", "synthetic": 1, "curated": True}]},
+            "curation.score_with = a row name",
+        ),
+        ({"training": {"epoch": 3}}, "unknown key(s) ['epoch'] in 'training'"),
+    ],
+)
+def test_bad_configs_get_one_line_errors(tmp_path, capsys, change, expected):
+    c = tiny_config()
+    for k, v in change.items():
+        if v is None:
+            c.pop(k)
+        else:
+            c[k] = v
+    path = _write(tmp_path, c)
+    assert main(["experiment", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0] and str(path) in err[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_frames_files_and_bad_json_are_named(tmp_path, capsys):
+    with pytest.raises(CellsynthInputError, match="not found"):
+        load_config(tmp_path / "missing.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(CellsynthInputError, match="not a valid JSON file"):
+        load_config(bad)
+    c = tiny_config(test=["no_such_frame"])
+    path = _write(tmp_path, c)
+    assert main(["experiment", str(path), "-o", str(tmp_path / "out")]) == 2
+    assert "frames ['no_such_frame'] not found" in capsys.readouterr().err
+
+
+def test_shipped_configs_are_valid():
+    configs = sorted((ROOT / "experiments").glob("*.json"))
+    assert configs, "experiments/*.json missing"
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.rows and cfg.epochs >= 100, path
+        assert not set(cfg.train) & set(cfg.test)
+        names = [r.name for r in cfg.rows]
+        assert len(names) == len(set(names))
