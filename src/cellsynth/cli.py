@@ -435,6 +435,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         only=args.only,
         budget_hours=args.budget_hours,
         command=["cellsynth", *args.argv],
+        prepare_only=args.prepare,
     )
     stage = None
     try:
@@ -780,6 +781,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="fit the pending rows in this many hours: epochs are lowered (never raised) "
         "after timing a 2-epoch run; the epochs used are recorded per row",
+    )
+    p.add_argument(
+        "--prepare",
+        action="store_true",
+        help="only learn the bundle and synthesize the pairs (look at them before training)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.set_defaults(func=cmd_experiment)

@@ -442,6 +442,7 @@ class Experiment:
         only: Sequence[str] | None = None,
         budget_hours: float | None = None,
         command: Sequence[str] | None = None,
+        prepare_only: bool = False,
     ) -> Iterator[ExperimentProgress]:
         cfg = self.config
         rows = cfg.rows
@@ -465,6 +466,10 @@ class Experiment:
                 yield from self._ensure_bundle()
                 for rho in sorted(needs, key=lambda v: -1 if v is None else v):
                     yield from self._ensure_synthetic(rho)
+        if prepare_only:
+            self.write_results()
+            yield ExperimentProgress("done", None, 1.0, "bundle and synthetic data ready")
+            return
         epochs = cfg.epochs
         pending = [r for r in rows if self.finished(r, epochs) is None]
         if budget_hours is not None and pending:
@@ -847,9 +852,16 @@ def run_experiment(
     only: Sequence[str] | None = None,
     budget_hours: float | None = None,
     command: Sequence[str] | None = None,
+    prepare_only: bool = False,
 ) -> Iterator[ExperimentProgress]:
-    """Run (or resume) an experiment; yields progress; results in ``out/results.json``."""
+    """Run (or resume) an experiment; yields progress; results in ``out/results.json``.
+
+    ``prepare_only``: learn the bundle and synthesize, train nothing (look at the synthetic
+    pairs first, e.g. in napari).
+    """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     exp = Experiment(config, out, device=device)
-    yield from exp.run(only=only, budget_hours=budget_hours, command=command)
+    yield from exp.run(
+        only=only, budget_hours=budget_hours, command=command, prepare_only=prepare_only
+    )
