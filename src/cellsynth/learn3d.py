@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from cellsynth.device import select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, count_cells, require_3d, write_json
 from cellsynth.learn import LearnSettings, Progress, learn
@@ -186,7 +187,9 @@ def learn_3d(
     prior.max_z = 0.98
     steps = s3.multiview_steps
     for mp in (
-        train_multiview(mv, steps, seed=settings.seed, device="cpu", lr=5e-4) if steps else ()
+        train_multiview(mv, steps, seed=settings.seed, device=settings.device, lr=5e-4)
+        if steps
+        else ()
     ):
         yield Progress(
             step=last.step + mp.step,
@@ -208,7 +211,7 @@ def learn_3d(
     mv.save(out / "multiview_model")
 
     # 2. rho
-    bundle = GeneratorBundle.load(out, device="cpu")
+    bundle = GeneratorBundle.load(out, device=select_device(settings.device))
     dense = [p for p in pairs if not p.annotated_slices]
     corrs = [slice_correlation(p.image, p.labels) for p in dense]
     corrs = [c for c in corrs if np.isfinite(c)]
