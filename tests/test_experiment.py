@@ -178,3 +178,33 @@ def test_shipped_configs_are_valid():
         assert not set(cfg.train) & set(cfg.test)
         names = [r.name for r in cfg.rows]
         assert len(names) == len(set(names))
+
+
+def test_a_3d_experiment_trains_on_slices_and_scores_stacks(tmp_path):
+    import tifffile
+
+    from conftest import disks, image_for
+
+    root = tmp_path / "stacks"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for i in range(3):
+        lab = disks(shape=(6, 64, 64), centres=((4 + 10 * i, 20), (40, 44 - 5 * i)), radius=9)
+        tifffile.imwrite(root / "images" / f"s{i}.tif", image_for(lab, i))
+        tifffile.imwrite(root / "labels" / f"s{i}.tif", lab)
+    c = tiny_config(
+        data=str(root),
+        train=["s0", "s1"],
+        test=["s2"],
+        voxel_size=[2.0, 0.5, 0.5],
+        synthetic={"n": 1, "size": [6, 64, 64], "steps": 2},
+        rows=[{"name": "real"}, {"name": "both", "synthetic": 1, "p_real": 0.5}],
+    )
+    out = tmp_path / "out"
+    list(run_experiment(config_from_dict(c), out, device="cpu"))
+    res = json.loads((out / "results.json").read_text())
+    both = res["rows"]["both"]
+    assert both["n_real_images"] == 12 and both["n_synthetic_images"] >= 1  # slices
+    assert both["frames"][0]["name"] == "s2"  # the whole stack, segmented in 3D
+    ds = json.loads((out / "synthetic" / "dataset.json").read_text())
+    assert ds["voxel_size"] is not None

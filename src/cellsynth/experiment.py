@@ -541,7 +541,7 @@ class Experiment:
                 multiview_steps=int(lc.get("multiview_steps", 1000)),
                 voxel_size=tuple(lc["voxel_size"])
                 if lc.get("voxel_size")
-                else self.config.voxel_size,
+                else self._data_voxel_size(),
             )
             if lc.get("tiny"):
                 s3.calibration_side = 32
@@ -587,6 +587,7 @@ class Experiment:
             steps=sc.get("steps"),
             cluster_prob=float(sc.get("cluster_prob", 0.3)),
             rho=rho,
+            voxel_size=self._data_voxel_size() if len(self._synthetic_size()) == 3 else None,
         )
         t0 = time.perf_counter()
         for i, _total, _ in synthesize(
@@ -598,6 +599,16 @@ class Experiment:
         secs = float(state.get("seconds", 0.0)) + time.perf_counter() - t0
         write_json(marker, {"key": key, "seconds": round(secs, 1), "n": n})
         DatasetWriter(path)  # dataset.json exists and reads back
+
+    def _data_voxel_size(self) -> tuple[float, ...] | None:
+        """The real stacks' voxel size (config, else the training files'); None: the bundle's."""
+        if self.config.voxel_size:
+            return tuple(self.config.voxel_size)
+        for p in self.train_pairs:
+            _ = p.image  # reading the image fills the voxel size from the file's metadata
+            if p.voxel_size and len(p.voxel_size) == 3:
+                return tuple(p.voxel_size)
+        return None
 
     @staticmethod
     def _synthetic_names(path: Path) -> list[str]:
