@@ -775,7 +775,7 @@ class Experiment:
             path = self.row_path(row)
             if path.is_file():
                 rec = json.loads(path.read_text())
-                if rec.get("key") in {self.row_key(row, e) for e in self._known_epochs(rec)}:
+                if rec.get("key") == self.row_key(row, int(rec.get("epochs", 0))):
                     rows[row.name] = rec
         extra: dict[str, Any] = {}
         done = self.out / "bundle.done.json"
@@ -793,10 +793,6 @@ class Experiment:
             **extra,
             "rows": rows,
         }
-
-    @staticmethod
-    def _known_epochs(rec: dict[str, Any]) -> list[int]:
-        return [int(rec.get("epochs", 0))]
 
     def write_results(self) -> dict[str, Any]:
         res = self.results()
