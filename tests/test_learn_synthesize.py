@@ -280,3 +280,43 @@ def test_large_canvases_are_painted_on_overlapping_tiles(tiny_bundle):
     assert img.shape == (100, 130)
     assert img.dtype == np.uint16
     assert img.std() > 0
+
+
+def test_cell_brightness_is_drawn_from_the_training_cells():
+    from cellsynth.texture import match_cell_brightness
+
+    lab = disks(shape=(64, 64), centres=((16, 16), (40, 44), (16, 48)), radius=7)
+    img = np.where(lab > 0, 150, 100).astype(np.uint16)  # every cell painted alike
+    targets = np.array([110.0, 400.0])
+    out, _ = match_cell_brightness(img, lab, targets, 100.0, np.random.default_rng(1))
+    assert out.dtype == np.uint16 and out.shape == img.shape
+    means = [out[lab == i].mean() for i in (1, 2, 3)]
+    for m in means:  # each near one of the targets (the smoothed factor softens the rim)
+        assert min(abs(m - t) / t for t in targets) < 0.1, means
+    assert np.ptp(means) > 100  # no longer all alike
+    assert out[0, 0] == 100  # background untouched
+    empty, f = match_cell_brightness(
+        img, np.zeros_like(lab), targets, 100.0, np.random.default_rng()
+    )
+    assert np.array_equal(empty, img) and f.size == 0
+
+
+def test_bundles_record_cell_brightness_and_synthesis_uses_it(tiny_bundle):
+    b = GeneratorBundle.load(tiny_bundle)
+    assert b.cell_intensities is not None and len(b.cell_intensities) >= 10
+    synth = Synthesizer(b, device="cpu")
+    p = dict(size=(64, 64), cells=5, seed=2, steps=2)
+    data = synth.sample(SynthesisParams(brightness="data", **p))
+    model = synth.sample(SynthesisParams(brightness="model", **p))
+    assert data.params["brightness"] == "data" and model.params["brightness"] == "model"
+    assert np.array_equal(data.labels, model.labels)  # same cells, only brightness differs
+    assert not np.array_equal(data.image, model.image)
+    with pytest.raises(CellsynthInputError, match="--brightness"):
+        SynthesisParams(brightness="bright").validate()
+    # bundles from before per-cell brightness was recorded paint as the model does
+    old = Synthesizer(None, device="cpu")
+    assert old.bundle.cell_intensities is None
+    assert (
+        old.sample(SynthesisParams(size=(48, 48), cells=2, seed=0, steps=2)).params["brightness"]
+        == "model"
+    )

@@ -69,6 +69,12 @@ class GeneratorBundle:
         return np.asarray(a, dtype=np.float64) if a else None
 
     @property
+    def cell_intensities(self) -> np.ndarray | None:
+        """Mean raw intensity of each training cell (bundles from before 0.2 lack it)."""
+        v = self.meta["cells"].get("mean_intensities")
+        return np.asarray(v, dtype=np.float64) if v else None
+
+    @property
     def crop_size(self) -> int:
         return int(self.meta["cells"]["crop_size"])
 

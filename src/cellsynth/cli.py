@@ -231,6 +231,7 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         steps=args.steps,
         seed=args.seed,
         size_factor=args.size_factor,
+        brightness=args.brightness,
         rho=getattr(args, "rho", None),
         voxel_size=tuple(args.voxel_size) if getattr(args, "voxel_size", None) else None,
     )
@@ -629,6 +630,13 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=1.0,
             help="scale the cell sizes learnt from the data (default 1)",
+        )
+        p.add_argument(
+            "--brightness",
+            choices=["data", "model"],
+            default="data",
+            help="data (default): each cell's mean brightness drawn from the training cells "
+            "(bundles that record them); model: as the texture model paints it",
         )
         p.add_argument("--seed", type=int, default=0, help="pair i uses seed+i (default 0)")
         p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")

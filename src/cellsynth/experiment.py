@@ -60,7 +60,7 @@ LEARN_KEYS = {
     "minutes", "mask_steps", "texture_steps", "seed", "3d", "voxel_size", "multiview_steps",
     "tiny",
 }  # fmt: skip
-SYNTHETIC_KEYS = {"n", "size", "seed", "steps", "cluster_prob"}
+SYNTHETIC_KEYS = {"n", "size", "seed", "steps", "cluster_prob", "brightness"}
 TRAINING_KEYS = {"epochs", "nimg_per_epoch", "seed", "batch_size", "bsize", "learning_rate"}
 CURATION_KEYS = {"score_with"}
 
@@ -586,6 +586,7 @@ class Experiment:
             seed=int(sc.get("seed", 0)) + have,
             steps=sc.get("steps"),
             cluster_prob=float(sc.get("cluster_prob", 0.3)),
+            brightness=str(sc.get("brightness", "data")),
             rho=rho,
             voxel_size=self._data_voxel_size() if len(self._synthetic_size()) == 3 else None,
         )

@@ -27,7 +27,7 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
 from cellsynth.population import cells_for_canvas, place_cells
-from cellsynth.texture import paint
+from cellsynth.texture import match_cell_brightness, paint
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,9 @@ class SynthesisParams:
     size_factor: float = 1.0  # scale the cell sizes drawn from the training data
     rho: float | None = None  # 3D: slice noise correlation (None: the bundle's, from its data)
     voxel_size: tuple[float, ...] | None = None  # 3D: (z, y, x); None: the bundle's
+    # "data": each cell's mean brightness drawn from the training cells (bundles that record
+    # them); "model": as the texture model paints it
+    brightness: str = "data"
 
     @property
     def is_3d(self) -> bool:
@@ -65,6 +68,10 @@ class SynthesisParams:
                 raise CellsynthInputError(
                     f"--voxel-size needs three positive numbers Z Y X, got {self.voxel_size}"
                 )
+        if self.brightness not in ("data", "model"):
+            raise CellsynthInputError(
+                f"--brightness must be 'data' or 'model', got {self.brightness!r}"
+            )
         if self.cells is not None and self.cells < 0:
             raise CellsynthInputError(f"--cells must be >= 0, got {self.cells}")
         if not 0.0 <= self.cluster_prob <= 1.0:
@@ -96,6 +103,19 @@ class Synthesizer:
         self.mask_sampler = bundle.mask_sampler()
         self.texture_sampler = bundle.texture_sampler()
         self._multiview: Any = None
+
+    def brightness(
+        self, image: np.ndarray, labels: np.ndarray, params: SynthesisParams
+    ) -> tuple[np.ndarray, str]:
+        """Per-cell brightness drawn from the training cells (``params.brightness == "data"``)."""
+        targets = self.bundle.cell_intensities
+        if params.brightness != "data" or targets is None:
+            return image, "model"
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(1)[0])
+        out, _ = match_cell_brightness(
+            image, labels, targets, self.bundle.intensity.background_mean, rng
+        )
+        return out, "data"
 
     def cell_masks(
         self,
@@ -150,6 +170,7 @@ class Synthesizer:
             generator=gen,
             device=self.device,
         )
+        image, brightness = self.brightness(image, pop.labels, params)
         t3 = time.perf_counter()
         log.debug("masks %.2fs, population %.2fs, texture %.2fs", t1 - t0, t2 - t1, t3 - t2)
         info = asdict(params)
@@ -158,6 +179,7 @@ class Synthesizer:
             cells_requested=n,
             cells_placed=pop.n_cells,
             bundle=str(b.path) if b.path else None,
+            brightness=brightness,
             timing={"masks": t1 - t0, "population": t2 - t1, "texture": t3 - t2},
         )
         return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)
@@ -262,6 +284,7 @@ class Synthesizer:
             rho=rho,
             device=self.device,
         )
+        image, brightness = self.brightness(image, pop.labels, params)
         t4 = time.perf_counter()
         info = asdict(params)
         info.update(
@@ -271,6 +294,7 @@ class Synthesizer:
             cells_requested=n,
             cells_placed=pop.n_cells,
             bundle=str(b.path) if b.path else None,
+            brightness=brightness,
             multiview_model=str(self.multiview.path) if self.multiview.path else None,
             timing={"masks": t1 - t0, **timing, "population": t3 - t2, "texture": t4 - t3},
         )
