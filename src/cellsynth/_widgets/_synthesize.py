@@ -59,6 +59,13 @@ class SynthesizeWidget(Container):
         self.cells = SpinBox(label="cells (0 = auto)", value=0, min=0, max=100_000)
         self.cluster = FloatSpinBox(label="clustering prob.", value=0.3, min=0, max=1, step=0.05)
         self.steps = SpinBox(label="texture steps", value=10, min=1, max=200)
+        self.brightness = ComboBox(
+            label="cell brightness",
+            choices=["data", "model"],
+            value="data",
+            tooltip="data: each cell's mean brightness drawn from the training cells (bundles "
+            "that record them); model: as the texture model paints it",
+        )
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.how_many = SpinBox(label="how many", value=1, min=1, max=1000)
         self.save_to = folder_edit("also write to folder")
@@ -81,6 +88,7 @@ class SynthesizeWidget(Container):
                 self.cells,
                 self.cluster,
                 self.steps,
+                self.brightness,
                 self.seed,
                 self.how_many,
                 self.save_to,
@@ -121,6 +129,7 @@ class SynthesizeWidget(Container):
             cluster_prob=float(self.cluster.value),
             steps=int(self.steps.value),
             seed=int(self.seed.value),
+            brightness=str(self.brightness.value),
         )
 
     def _run(self) -> None:
