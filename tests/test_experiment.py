@@ -9,7 +9,13 @@ import pytest
 
 from cellsynth.cli import main
 from cellsynth.errors import CellsynthInputError
-from cellsynth.experiment import Experiment, config_from_dict, load_config, run_experiment
+from cellsynth.experiment import (
+    Experiment,
+    config_from_dict,
+    load_config,
+    paired_difference,
+    run_experiment,
+)
 from cellsynth.samples import sample_dataset_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +90,14 @@ def test_experiment_writes_every_row_traceable_to_its_config(finished):
 def test_rerunning_keeps_finished_rows_and_a_changed_budget_retrains(finished, tmp_path):
     cfg, out = finished
     models = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    # a row written before per-cell scores were kept gets them on the next run (not retrained)
+    rec = json.loads((out / "rows" / "synthetic.json").read_text())
+    cells = rec.pop("cell_jaccards")
+    (out / "rows" / "synthetic.json").write_text(json.dumps(rec))
     assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == models
+    rec = json.loads((out / "rows" / "synthetic.json").read_text())
+    assert rec["cell_jaccards"] == cells
     # two epochs instead of one: a different key, so the row trains again
     c = json.loads(cfg.read_text())
     c["training"]["epochs"] = 2
@@ -94,6 +106,18 @@ def test_rerunning_keeps_finished_rows_and_a_changed_budget_retrains(finished, t
     rec = json.loads((out / "rows" / "real.json").read_text())
     assert rec["epochs"] == 2
     assert any(p.name.startswith("real.old-") for p in (out / "models").iterdir())
+
+
+def test_paired_difference_over_the_same_cells():
+    a = {"cell_jaccards": {"f1": [0.9, 0.8, 0.0], "f2": [0.7]}}
+    b = {"cell_jaccards": {"f1": [0.8, 0.8, 0.5], "f2": [0.6]}}
+    d = paired_difference(a, b)
+    assert d["cells"] == 4 and abs(d["difference"] - (-0.3 / 4)) < 1e-9
+    assert d["low"] <= d["difference"] <= d["high"]
+    same = paired_difference(a, a)
+    assert same["difference"] == same["low"] == same["high"] == 0.0
+    assert paired_difference(a, {"cell_jaccards": {"other": [1.0]}}) is None
+    assert paired_difference(a, {}) is None
 
 
 def test_curated_rows_take_the_best_scored_pairs(tmp_path, monkeypatch):

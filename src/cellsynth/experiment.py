@@ -478,8 +478,12 @@ class Experiment:
         self.epochs = epochs
         order = sorted(rows, key=lambda r: 0 if (r.name == self._scorer_name()) else 1)
         for row in order:
-            if self.finished(row, epochs) is not None:
+            rec = self.finished(row, epochs)
+            if rec is not None:
                 log.info("row %r already done (same key): kept", row.name)
+                if "cell_jaccards" not in rec:  # rows written before per-cell scores were kept
+                    yield ExperimentProgress("evaluation", row.name, 0.0, "per-cell scores")
+                    self._add_cell_jaccards(row, rec)
                 continue
             yield from self._run_row(row, epochs)
             self.write_results()
@@ -749,6 +753,7 @@ class Experiment:
             "n_reference": s["n_reference"],
             "n_predicted": s["n_predicted"],
             "frames": ev.rows(),
+            "cell_jaccards": {f.name: list(f.jaccards) for f in ev.frames},
             "epochs": epochs,
             "nimg_per_epoch": log_json["nimg_per_epoch"],
             "n_real_images": log_json["n_real"],
@@ -767,6 +772,15 @@ class Experiment:
         yield ExperimentProgress(
             "evaluation", row.name, 1.0, f"SEG {s['SEG']:.3f} AP50 {s['AP50']:.3f}"
         )
+
+    def _add_cell_jaccards(self, row: Row, rec: dict[str, Any]) -> None:
+        from cellsynth.segment import evaluate_model, load_model
+
+        ev = evaluate_model(load_model(self.model_path(row), self.device), self.test_pairs)
+        if abs(ev.summary()["SEG"] - rec["SEG"]) > 1e-6:
+            log.warning("row %r: re-evaluated SEG differs from the recorded one", row.name)
+        rec["cell_jaccards"] = {f.name: list(f.jaccards) for f in ev.frames}
+        write_json(self.row_path(row), _nan_to_none(rec))
 
     # -- results ----------------------------------------------------------------------------
 
@@ -801,6 +815,28 @@ class Experiment:
         (self.out / ".results.md.tmp").write_text(results_markdown(res))
         os.replace(self.out / ".results.md.tmp", self.out / "results.md")
         return res
+
+
+def paired_difference(
+    a: dict[str, Any], b: dict[str, Any], *, n_boot: int = 4000, seed: int = 0
+) -> dict[str, float] | None:
+    """SEG(a) − SEG(b) over the same reference cells, with a 95 % bootstrap interval.
+
+    Cells are resampled with replacement (paired: each cell's Jaccard in both rows). None when
+    a row has no per-cell scores or the rows were scored on different cells.
+    """
+    ja, jb = a.get("cell_jaccards"), b.get("cell_jaccards")
+    if not ja or not jb or set(ja) != set(jb):
+        return None
+    x = np.concatenate([np.asarray(ja[k], dtype=float) for k in sorted(ja)])
+    y = np.concatenate([np.asarray(jb[k], dtype=float) for k in sorted(jb)])
+    if x.shape != y.shape or x.size == 0:
+        return None
+    d = x - y
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return {"difference": float(d.mean()), "low": float(lo), "high": float(hi), "cells": d.size}
 
 
 def _nan_to_none(obj: Any) -> Any:
@@ -845,6 +881,25 @@ def results_markdown(res: dict[str, Any]) -> str:
             f"{_f(rec['AP50'])} | {_f(rec['bPQ'])} | {rec['train_seconds'] / 60:.1f} | "
             f"{rec['epochs']} |"
         )
+    base = res["rows"].get("real")
+    diffs = []
+    for name, rec in res["rows"].items():
+        if base is not None and name != "real":
+            d = paired_difference(rec, base)
+            if d is not None:
+                diffs.append(
+                    f"| {name} | {d['difference']:+.3f} | [{d['low']:+.3f}, {d['high']:+.3f}] | "
+                    f"{d['cells']} |"
+                )
+    if diffs:
+        lines += [
+            "",
+            "SEG difference to the real-only row over the same test cells (95 % paired bootstrap):",
+            "",
+            "| row | SEG − SEG(real) | 95 % interval | cells |",
+            "| --- | --- | --- | --- |",
+            *diffs,
+        ]
     machines = {json.dumps(rec.get("machine", {}), sort_keys=True) for rec in res["rows"].values()}
     if machines:
         lines += ["", "Machine(s):"]

@@ -146,6 +146,7 @@ class FrameComparison:
     seg_sum: float
     ap: dict[str, float]
     pq: dict[str, float]
+    jaccards: tuple[float, ...] = ()  # per reference cell (ascending label), for paired tests
 
     @property
     def seg(self) -> float:
@@ -219,6 +220,7 @@ def compare_frames(
                 seg_sum=float(j.sum()),
                 ap={_ap_key(t): float(ap[i, k]) for k, t in enumerate(AP_THRESHOLDS)},
                 pq=_panoptic(ov),
+                jaccards=tuple(round(float(v), 4) for v in j),
             )
         )
     return out
