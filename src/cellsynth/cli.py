@@ -392,21 +392,14 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cellsynth.io import DatasetWriter, read_dataset
-    from cellsynth.segment import load_model, score_dataset
+    from cellsynth.segment import load_model, record_quality, score_dataset
 
     ds = read_dataset(args.dataset, require_labels=True, require_images=True)
     if ds.kind != "dataset":
         raise CellsynthInputError("score needs a dataset folder (images/, labels/)", args.dataset)
     model = load_model(args.model, args.device)
     rows = score_dataset(model, ds.pairs)
-    writer = DatasetWriter(args.dataset)
-    for r in rows:
-        writer.meta["samples"].setdefault(r["name"], {})["quality"] = {
-            "SEG": r["SEG"],
-            "IoU": r["IoU"],
-            "model": str(args.model),
-        }
-    writer.save()
+    record_quality(DatasetWriter(args.dataset), rows, args.model)
     rows.sort(key=lambda r: r["SEG"] if r["SEG"] == r["SEG"] else -1)
     print_table(rows, ["name", "SEG", "IoU", "n_labels", "n_predicted"])
     segs = [r["SEG"] for r in rows if r["SEG"] == r["SEG"]]

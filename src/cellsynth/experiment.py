@@ -637,7 +637,7 @@ class Experiment:
     def _quality(self, path: Path, pairs: Sequence[Pair]) -> dict[str, float]:
         """SEG of the scorer model on each synthetic pair (cached in the dataset's JSON)."""
         from cellsynth.io import DatasetWriter
-        from cellsynth.segment import load_model, score_dataset
+        from cellsynth.segment import load_model, record_quality, score_dataset
 
         scorer = self._scorer()
         model_file = self.model_path(scorer)
@@ -651,14 +651,7 @@ class Experiment:
         ]
         if todo:
             model = load_model(model_file, self.device)
-            for r in score_dataset(model, todo):
-                samples.setdefault(r["name"], {})["quality"] = {
-                    "SEG": r["SEG"],
-                    "IoU": r["IoU"],
-                    "model": str(model_file),
-                    "scorer_key": scorer_key,
-                }
-            writer.save()
+            record_quality(writer, score_dataset(model, todo), model_file, scorer_key=scorer_key)
         out = {}
         for p in pairs:
             v = samples[p.name]["quality"]["SEG"]

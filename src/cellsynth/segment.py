@@ -464,5 +464,19 @@ def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
     return rows
 
 
+def record_quality(
+    writer: Any, rows: Sequence[dict[str, Any]], model: str | Path, **extra: Any
+) -> None:
+    """Write :func:`score_dataset` rows into dataset.json (``samples.NAME.quality``)."""
+    for r in rows:
+        writer.meta["samples"].setdefault(r["name"], {})["quality"] = {
+            "SEG": r["SEG"],
+            "IoU": r["IoU"],
+            "model": str(model),
+            **extra,
+        }
+    writer.save()
+
+
 def read_log(model_path: str | Path) -> dict[str, Any]:
     return json.loads(Path(str(model_path) + ".log.json").read_text())
