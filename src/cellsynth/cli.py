@@ -172,8 +172,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         tile=args.tile,
     )
     if args.tiny:
-        settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
-        settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
+        settings.use_tiny_models()
     bar = _progress_bar(100, "learning", unit="%")
     last = None
     if args.three_d:
@@ -184,7 +183,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
             voxel_size=tuple(args.voxel_size) if args.voxel_size else None,
         )
         if args.tiny:
-            s3.calibration_side = 32
+            s3.use_tiny_models()
         job = learn_3d(pairs, args.output, settings, s3, resume=args.resume)
     else:
         job = learn(pairs, args.output, settings, resume=args.resume)

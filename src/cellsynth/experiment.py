@@ -529,8 +529,7 @@ class Experiment:
             device=self.device,
         )
         if lc.get("tiny"):
-            settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
-            settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
+            settings.use_tiny_models()
         resume = (path / "training_state" / "state.json").is_file()
         if path.exists() and any(path.iterdir()) and not resume:
             raise CellsynthInputError(
@@ -548,7 +547,7 @@ class Experiment:
                 else self._data_voxel_size(),
             )
             if lc.get("tiny"):
-                s3.calibration_side = 32
+                s3.use_tiny_models()
             job = learn_3d(self.train_pairs, path, settings, s3, resume=resume)
         else:
             job = learn(self.train_pairs, path, settings, resume=resume)

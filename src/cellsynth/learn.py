@@ -62,6 +62,11 @@ class LearnSettings:
     checkpoint_minutes: float = 2.0
     device: str = "auto"
 
+    def use_tiny_models(self) -> None:
+        """Tiny widths, batches and tiles: for tests and smoke runs, not for real bundles."""
+        self.mask_widths, self.texture_widths = (8, 16, 16), (8, 16, 16)
+        self.mask_batch, self.texture_batch, self.tile = 8, 4, 32
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mask_widths"] = list(self.mask_widths)

@@ -42,6 +42,10 @@ class Learn3DSettings:
     rho_grid: tuple[float, ...] = RHO_GRID
     calibration_side: int = 128  # xy side of the stack painted to calibrate rho
 
+    def use_tiny_models(self) -> None:
+        """A small rho-calibration stack: for tests and smoke runs."""
+        self.calibration_side = 32
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
