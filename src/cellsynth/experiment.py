@@ -30,6 +30,8 @@ again, so an interrupted experiment resumes and several processes can share rows
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -340,7 +342,6 @@ class Experiment:
         self.out = Path(out)
         self.device = device
         self.pairs = self._read_frames()
-        self.is_3d = any(p.labels.ndim == 3 for p in self.test_pairs)
 
     # -- data -------------------------------------------------------------------------------
 
@@ -381,7 +382,9 @@ class Experiment:
     def row_path(self, row: Row) -> Path:
         return self.out / "rows" / f"{row.slug}.json"
 
+    @functools.cached_property
     def _bundle_identity(self) -> Any:
+        """What determines the bundle: its bundle.json (hashed once) or the learn settings."""
         if self.config.bundle is not None:
             bj = self.config.bundle / "bundle.json"
             if not bj.is_file():
@@ -392,7 +395,7 @@ class Experiment:
     def synthetic_key(self, rho: float | None) -> str:
         return _hash(
             {
-                "bundle": self._bundle_identity(),
+                "bundle": self._bundle_identity,
                 "synthetic": self.config.synthetic,
                 "n": self.config.n_synthetic,
                 "size": self._synthetic_size(),
@@ -416,8 +419,7 @@ class Experiment:
         )
 
     def _scorer(self) -> Row:
-        name = self.config.curation.get("score_with", "real")
-        return next(r for r in self.config.rows if r.name == name)
+        return next(r for r in self.config.rows if r.name == self._scorer_name())
 
     def finished(self, row: Row, epochs: int) -> dict[str, Any] | None:
         path = self.row_path(row)
@@ -506,14 +508,13 @@ class Experiment:
             if old != new:
                 log.warning("%s differs from the config given; rows are matched by key", path)
                 write_json(self.out / f"config-{time.strftime('%Y%m%d-%H%M%S')}.json", new)
-                return
-            return
-        write_json(path, new)
+        else:
+            write_json(path, new)
 
     def _ensure_bundle(self) -> Iterator[ExperimentProgress]:
         path = self.bundle_path
         if self.config.bundle is not None:
-            self._bundle_identity()  # checks bundle.json
+            _ = self._bundle_identity  # checks bundle.json
             return
         done = self.out / "bundle.done.json"
         if done.is_file() and json.loads(done.read_text()).get("learn") == self.config.learn:
@@ -686,9 +687,8 @@ class Experiment:
         row = max(pending, key=lambda r: (bool(r.real), r.synthetic))
         settings = self._settings(row, 2)
         real = [self.pairs[n] for n in row.real]
-        syn = self.synthetic_pairs(row) if not row.curated else []
-        if not real and not syn:
-            syn = self.synthetic_pairs(Row(row.name, [], row.synthetic, 0.0, False, row.rho))
+        # the first pairs stand in for a curated selection: timing needs no quality scores
+        syn = self.synthetic_pairs(dataclasses.replace(row, curated=False))
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             for p in finetune(real, syn, Path(tmp) / "calibration", settings):
