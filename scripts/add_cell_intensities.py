@@ -16,8 +16,6 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from cellsynth.atlas import build_atlas
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import read_pairs, write_json
@@ -36,7 +34,7 @@ def main() -> int:
     if sorted(p.name for p in pairs) != sorted(names):
         raise CellsynthInputError(f"the bundle was learnt on {names}; give that data")
     atlas = build_atlas(pairs, crop_size=int(meta["cells"]["crop_size"]))
-    values = [round(float(v), 3) for v in atlas.table["mean_intensity"] if np.isfinite(v)]
+    values = atlas.mean_intensities()
     if args.output.exists():
         raise CellsynthInputError("exists; choose a new folder", args.output)
     shutil.copytree(args.bundle, args.output, ignore=shutil.ignore_patterns("training_state"))

@@ -81,11 +81,7 @@ class IntensityStats:
     def denormalise(self, x: np.ndarray) -> np.ndarray:
         """Inverse of :meth:`normalise`, clipped to the dtype's range and cast to it."""
         raw = np.asarray(x, dtype=np.float64) * (self.high - self.low) + self.low
-        dt = np.dtype(self.dtype)
-        if dt.kind in "iu":
-            info = np.iinfo(dt)
-            return np.clip(np.rint(raw), info.min, info.max).astype(dt)
-        return raw.astype(dt)
+        return to_dtype(raw, self.dtype)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,6 +89,15 @@ class IntensityStats:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> IntensityStats:
         return cls(**d)
+
+
+def to_dtype(raw: np.ndarray, dtype: Any) -> np.ndarray:
+    """Raw float intensities as ``dtype``: integers rounded and clipped to the dtype's range."""
+    dt = np.dtype(dtype)
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return np.clip(np.rint(raw), info.min, info.max).astype(dt)
+    return np.asarray(raw).astype(dt)
 
 
 @dataclass
@@ -111,6 +116,10 @@ class CellAtlas:
 
     def __len__(self) -> int:
         return len(self.masks)
+
+    def mean_intensities(self) -> list[float]:
+        """Each cell's mean raw intensity (as recorded in bundles for ``--brightness data``)."""
+        return [round(float(v), 3) for v in self.table["mean_intensity"] if np.isfinite(v)]
 
     def rows(self) -> list[dict[str, Any]]:
         n = len(self)

@@ -246,9 +246,7 @@ def learn(
                 "crop_size": settings.crop_size,
                 "scales": [round(float(s), 4) for s in atlas.table["scale"]],
                 "areas": [float(a) for a in atlas.table["area"]],
-                "mean_intensities": [
-                    round(float(v), 3) for v in atlas.table["mean_intensity"] if np.isfinite(v)
-                ],
+                "mean_intensities": atlas.mean_intensities(),
                 "density": _density(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsynth.atlas import IntensityStats
+from cellsynth.atlas import IntensityStats, to_dtype
 from cellsynth.diffusion.core import DiffusionConfig, correlated_noise, ddim_sample, to_numpy
 from cellsynth.errors import CellsynthInputError
 
@@ -215,11 +215,7 @@ def match_cell_brightness(
     if sigma > 0:
         fmap = ndimage.gaussian_filter(fmap, (0,) * (lab.ndim - 2) + (sigma, sigma))
     out = background + (img - background) * fmap
-    dt = np.asarray(image).dtype
-    if dt.kind in "iu":
-        info = np.iinfo(dt)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(dt), factors
+    return to_dtype(out, np.asarray(image).dtype), factors
 
 
 def _grown(labels2d: np.ndarray, lut: np.ndarray, radius: float) -> np.ndarray:
