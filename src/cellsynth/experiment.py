@@ -60,7 +60,7 @@ CONFIG_KEYS = {
 ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "note"}
 LEARN_KEYS = {
     "minutes", "mask_steps", "texture_steps", "seed", "3d", "voxel_size", "multiview_steps",
-    "tiny",
+    "tiny", "frames",
 }  # fmt: skip
 SYNTHETIC_KEYS = {"n", "size", "seed", "steps", "cluster_prob", "brightness"}
 TRAINING_KEYS = {"epochs", "nimg_per_epoch", "seed", "batch_size", "bsize", "learning_rate"}
@@ -178,6 +178,12 @@ def config_from_dict(
     if set(train) & set(test):
         raise CellsynthInputError(
             f"frames {sorted(set(train) & set(test))} are both train and test", where
+        )
+    bad = sorted(set(learn.get("frames") or []) - set(train))
+    if bad or learn.get("frames") == []:
+        raise CellsynthInputError(
+            f"'learn' frames {bad or '[]'} must be a non-empty subset of the training frames {train}",
+            where,
         )
     rows = []
     for i, r in enumerate(raw["rows"]):
@@ -364,6 +370,12 @@ class Experiment:
         return [self.pairs[n] for n in self.config.train]
 
     @property
+    def learn_pairs(self) -> list[Pair]:
+        """The frames the bundle learns from: ``learn.frames`` if given, else all training frames."""
+        names = self.config.learn.get("frames") or self.config.train
+        return [self.pairs[n] for n in names]
+
+    @property
     def test_pairs(self) -> list[Pair]:
         return [self.pairs[n] for n in self.config.test]
 
@@ -540,7 +552,7 @@ class Experiment:
         if lc.get("3d"):
             from cellsynth.learn3d import Learn3DSettings, check_3d_pairs, learn_3d
 
-            check_3d_pairs(self.train_pairs)
+            check_3d_pairs(self.learn_pairs)
             s3 = Learn3DSettings(
                 multiview_steps=int(lc.get("multiview_steps", 1000)),
                 voxel_size=tuple(lc["voxel_size"])
@@ -549,9 +561,9 @@ class Experiment:
             )
             if lc.get("tiny"):
                 s3.use_tiny_models()
-            job = learn_3d(self.train_pairs, path, settings, s3, resume=resume)
+            job = learn_3d(self.learn_pairs, path, settings, s3, resume=resume)
         else:
-            job = learn(self.train_pairs, path, settings, resume=resume)
+            job = learn(self.learn_pairs, path, settings, resume=resume)
         last = None
         for p in job:
             last = p
