@@ -3,7 +3,8 @@
     python benchmarks/plot_experiment.py OUT1/results.json [OUT2/results.json ...] -o fig.png
 
 Reads only what the experiment wrote (rows missing from a results file are left out) and prints
-a JSON summary of what it plotted.
+a JSON summary of what it plotted. Error bars: 95 % bootstrap intervals of SEG over the test
+cells (the per-cell Jaccard indices each row records).
 """
 
 from __future__ import annotations
@@ -12,6 +13,27 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+import numpy as np
+
+
+def seg_interval(rec: dict, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """SEG and its 95 % bootstrap interval over the row's reference cells."""
+    cells = rec.get("cell_jaccards") or {}
+    j = np.concatenate([np.asarray(v, dtype=float) for _, v in sorted(cells.items())] or [[]])
+    if j.size == 0:
+        return rec["SEG"], rec["SEG"], rec["SEG"]
+    boots = j[np.random.default_rng(seed).integers(0, j.size, (n_boot, j.size))].mean(axis=1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(j.mean()), float(lo), float(hi)
+
+
+def _plot(ax, pts, label):
+    pts = sorted(pts)
+    x = [p[0] for p in pts]
+    y = [p[1][0] for p in pts]
+    err = [[p[1][0] - p[1][1] for p in pts], [p[1][2] - p[1][0] for p in pts]]
+    ax.errorbar(x, y, yerr=err, fmt="o-", capsize=4, label=label)
 
 
 def main() -> int:
@@ -32,37 +54,46 @@ def main() -> int:
         name = run["config"]["name"]
         rows = {r["name"]: r for r in run["config"]["rows"]}
         done = {n: rec for n, rec in run["rows"].items() if n in rows}
-        summary[name] = {n: round(rec["SEG"], 4) for n, rec in done.items()}
+        ci = {n: seg_interval(rec) for n, rec in done.items()}
+        # the real frames of the baseline row "real" (all training frames if there is none)
+        base = set(rows["real"]["real"] if "real" in rows else run["config"]["train"])
+        summary[name] = {n: [round(v, 4) for v in ci[n]] for n in done}
         # SEG per row
         ax = axes[0]
         names = list(done)
         x = [f"{name}: {n}" for n in names]
-        ax.barh(x, [done[n]["SEG"] for n in names])
+        ax.barh(
+            x,
+            [ci[n][0] for n in names],
+            xerr=[[ci[n][0] - ci[n][1] for n in names], [ci[n][2] - ci[n][0] for n in names]],
+            capsize=3,
+        )
         # SEG vs p_real (full synthetic set, not curated), with real only at 1 and synthetic at 0
         n_full = max((rows[n]["synthetic"] for n in done), default=0)
-        pts = sorted(
-            (rows[n]["p_real"] if rows[n]["synthetic"] else 1.0, done[n]["SEG"])
+        pts = [
+            (rows[n]["p_real"] if rows[n]["synthetic"] else 1.0, ci[n])
             for n in done
             if not rows[n]["curated"]
             and rows[n]["rho"] is None
             and rows[n]["synthetic"] in (0, n_full)
-            and set(rows[n]["real"]) in (set(), set(run["config"]["train"]))
-        )
+            and set(rows[n]["real"]) in (set(), base)
+        ]
         if len(pts) > 1:
-            axes[1].plot(*zip(*pts, strict=True), "o-", label=name)
+            _plot(axes[1], pts, name)
         # SEG vs number of synthetic pairs at p_real 0.6 (0 = real only)
-        pts = sorted(
-            (rows[n]["synthetic"], done[n]["SEG"])
+        pts = [
+            (rows[n]["synthetic"], ci[n])
             for n in done
             if not rows[n]["curated"]
             and rows[n]["rho"] is None
-            and rows[n]["real"]
+            and set(rows[n]["real"]) == base
             and (rows[n]["synthetic"] == 0 or abs(rows[n]["p_real"] - 0.6) < 1e-9)
-        )
+        ]
         if len(pts) > 1:
-            axes[2].plot(*zip(*pts, strict=True), "o-", label=name)
-    axes[0].set_xlabel("SEG on held-out frames")
-    axes[0].set_xlim(0, 1)
+            _plot(axes[2], pts, name)
+    axes[0].set_xlabel("SEG on held-out frames (95 % bootstrap interval over test cells)")
+    lo = min((v[1] for s in summary.values() for v in s.values()), default=0.0)
+    axes[0].set_xlim(max(0.0, lo - 0.1), 1)
     axes[1].set_xlabel("p_real (0 = synthetic only, 1 = real only)")
     axes[1].set_ylabel("SEG")
     axes[2].set_xlabel("synthetic pairs (p_real 0.6; 0 = real only)")

@@ -212,7 +212,8 @@ def test_the_bundle_can_learn_from_fewer_frames_than_the_rows_train_on(tmp_path)
     exp = Experiment(config_from_dict(tiny_config(learn={"frames": f[:1]})), tmp_path / "o")
     assert [p.name for p in exp.learn_pairs] == f[:1]
     assert [p.name for p in exp.train_pairs] == f[:2]
-    assert [p.name for p in Experiment(config_from_dict(tiny_config()), tmp_path).learn_pairs] == f[:2]
+    default = Experiment(config_from_dict(tiny_config()), tmp_path / "d")
+    assert [p.name for p in default.learn_pairs] == f[:2]
 
 
 def test_a_3d_experiment_trains_on_slices_and_scores_stacks(tmp_path):

@@ -182,7 +182,8 @@ def config_from_dict(
     bad = sorted(set(learn.get("frames") or []) - set(train))
     if bad or learn.get("frames") == []:
         raise CellsynthInputError(
-            f"'learn' frames {bad or '[]'} must be a non-empty subset of the training frames {train}",
+            f"'learn' frames {bad or '[]'} must be a non-empty subset of the training "
+            f"frames {train}",
             where,
         )
     rows = []
@@ -371,7 +372,7 @@ class Experiment:
 
     @property
     def learn_pairs(self) -> list[Pair]:
-        """The frames the bundle learns from: ``learn.frames`` if given, else all training frames."""
+        """The frames the bundle learns from: ``learn.frames``, else all training frames."""
         names = self.config.learn.get("frames") or self.config.train
         return [self.pairs[n] for n in names]
 
