@@ -14,6 +14,7 @@ from cellsynth.experiment import (
     config_from_dict,
     load_config,
     paired_difference,
+    results_markdown,
     run_experiment,
 )
 from cellsynth.samples import sample_dataset_path
@@ -85,6 +86,7 @@ def test_experiment_writes_every_row_traceable_to_its_config(finished):
     assert all("quality" in s for s in ds["samples"].values())
     md = (out / "results.md").read_text()
     assert "| both curated |" in md and "2 (curated)" in md
+    assert f"Bundle: `{BUNDLE}`" in md
 
 
 def test_rerunning_keeps_finished_rows_and_a_changed_budget_retrains(finished, tmp_path):
@@ -214,6 +216,10 @@ def test_the_bundle_can_learn_from_fewer_frames_than_the_rows_train_on(tmp_path)
     assert [p.name for p in exp.train_pairs] == f[:2]
     default = Experiment(config_from_dict(tiny_config()), tmp_path / "d")
     assert [p.name for p in default.learn_pairs] == f[:2]
+    c = tiny_config(learn={"frames": f[:1]})
+    c.pop("bundle")
+    md = results_markdown({"config": config_from_dict(c).to_dict(), "rows": {}})
+    assert f"Bundle: learnt on {f[0]} (" in md
 
 
 def test_a_3d_experiment_trains_on_slices_and_scores_stacks(tmp_path):

@@ -866,6 +866,11 @@ def results_markdown(res: dict[str, Any]) -> str:
         f"# {cfg['name']}: Cellpose trained on real / synthetic / both",
         "",
         f"Data `{cfg['data']}`; train {', '.join(cfg['train'])}; test {', '.join(cfg['test'])}.",
+        f"Bundle: `{cfg['bundle']}`."
+        if cfg.get("bundle")
+        else "Bundle: learnt on "
+        + ", ".join((cfg.get("learn") or {}).get("frames") or cfg["train"])
+        + " (`OUT/bundle`).",
         f"Budget per row: {cfg['training'].get('epochs', 200)} epochs × "
         f"{cfg['training'].get('nimg_per_epoch', 8)} crops (from scratch).",
         "",
