@@ -1,12 +1,15 @@
 """Realism of a 3D bundle against its real stacks: orthogonal views and cell statistics.
 
     python benchmarks/quality_3d.py DATA --bundle BUNDLE [-n 4] [--figure PNG] [--size Z Y X]
+    python benchmarks/quality_3d.py DATA --synthetic FOLDER [--voxel-size Z Y X] [--figure PNG]
 
 Synthesizes ``n`` stacks of the real stacks' shape (voxel size from the bundle), then
 (1) draws XY, XZ and YZ sections through the middle of one real and one synthetic stack, labels
 outlined, z stretched by the voxel anisotropy; (2) compares per-cell statistics (area, shape,
 intensity, z extent) as in quality_2d.py: real half A vs half B next to synthetic vs real;
-(3) reports the adjacent-slice correlation inside cells. Prints JSON.
+(3) reports the adjacent-slice correlation inside cells. With --synthetic, an existing synthetic
+dataset (e.g. an experiment's OUT/synthetic) is measured instead of drawing new stacks. Prints
+JSON.
 """
 
 from __future__ import annotations
@@ -45,7 +48,10 @@ def orthoviews(ax_row, image, labels, aniso, title):
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("data", type=Path)
-    ap.add_argument("--bundle", type=Path, required=True)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", type=Path)
+    src.add_argument("--synthetic", type=Path, help="an existing synthetic dataset folder")
+    ap.add_argument("--voxel-size", type=float, nargs=3, default=None)
     ap.add_argument("-n", type=int, default=4)
     ap.add_argument("--size", type=int, nargs=3, default=None)
     ap.add_argument("--figure", type=Path, default=None)
@@ -59,14 +65,23 @@ def main() -> int:
 
     real = read_dataset(args.data, require_labels=True).pairs
     size = tuple(args.size) if args.size else real[0].labels.shape
-    synth = Synthesizer(args.bundle, device="cpu")
-    vs = synth.voxel_size_3d(SynthesisParams(size=size))
     t = time.perf_counter()
     fake = []
-    for i in range(args.n):
-        p = synth.sample(SynthesisParams(size=size, seed=args.seed + i))
-        fake.append(Pair.from_arrays(f"synthetic_{i}", p.image, p.labels, vs))
-    seconds = (time.perf_counter() - t) / args.n
+    if args.synthetic:
+        ds = read_dataset(args.synthetic, require_labels=True)
+        vs = tuple(args.voxel_size or ds.pairs[0].voxel_size or (1.0, 1.0, 1.0))
+        fake = [Pair.from_arrays(p.name, p.image, p.labels, vs) for p in ds.pairs]
+        samples = json.loads((args.synthetic / "dataset.json").read_text())["samples"]
+        rho = sorted({s.get("rho") for s in samples.values()}, key=str)
+    else:
+        synth = Synthesizer(args.bundle, device="cpu")
+        vs = synth.voxel_size_3d(SynthesisParams(size=size))
+        rho = synth.rho(SynthesisParams())
+        for i in range(args.n):
+            p = synth.sample(SynthesisParams(size=size, seed=args.seed + i))
+            fake.append(Pair.from_arrays(f"synthetic_{i}", p.image, p.labels, vs))
+    seconds = None if args.synthetic else (time.perf_counter() - t) / args.n
+    source = args.bundle or args.synthetic
     real = [Pair.from_arrays(p.name, p.image, p.labels, vs) for p in real]
     half_a, half_b = half_split(real, args.seed)
     ta, tb, ts = tables_of(half_a), tables_of(half_b), tables_of(fake)
@@ -80,10 +95,10 @@ def main() -> int:
 
     out = {
         "data": str(args.data),
-        "bundle": str(args.bundle),
+        "bundle": str(source),
         "stack": list(size),
         "voxel_size": list(vs),
-        "rho": synth.rho(SynthesisParams()),
+        "rho": rho,
         "cells": {"real": int(len(ta["label"]) + len(tb["label"])), "synthetic": len(ts["label"])},
         "cells_per_stack": {
             "real": round((len(ta["label"]) + len(tb["label"])) / len(real), 1),
@@ -101,7 +116,7 @@ def main() -> int:
                 float(np.nanmean([slice_correlation(p.image, p.labels) for p in fake])), 4
             ),
         },
-        "seconds_per_synthetic_stack": round(seconds, 2),
+        "seconds_per_synthetic_stack": None if seconds is None else round(seconds, 2),
         "real_to_real": r2r,
         "synthetic_to_real": s2r,
     }
@@ -123,7 +138,7 @@ def main() -> int:
         orthoviews(axes[:, 0], real[0].image, real[0].labels, aniso, "real")
         orthoviews(axes[:, 1], fake[0].image, fake[0].labels, aniso, "synthetic")
         fig.suptitle(
-            f"{args.data.name} vs {args.bundle.name}: XY, XZ, YZ sections (z stretched x{aniso:g})",
+            f"{args.data.name} vs {source.name}: XY, XZ, YZ sections (z stretched x{aniso:g})",
             fontsize=10,
         )
         fig.tight_layout()
