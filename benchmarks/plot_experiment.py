@@ -48,7 +48,11 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     runs = [json.loads(p.read_text()) for p in args.results]
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    from cellsynth.experiment import paired_difference
+
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
+    axes = axes.ravel()
+    paired_labels, paired = [], []
     summary = {}
     for run in runs:
         name = run["config"]["name"]
@@ -68,6 +72,12 @@ def main() -> int:
             xerr=[[ci[n][0] - ci[n][1] for n in names], [ci[n][2] - ci[n][0] for n in names]],
             capsize=3,
         )
+        # SEG − SEG(real only) over the same test cells: the comparison the intervals are for
+        for n in names:
+            d = paired_difference(done[n], done["real"]) if "real" in done and n != "real" else None
+            if d is not None:
+                paired_labels.append(f"{name}: {n}")
+                paired.append(d)
         # SEG vs p_real (full synthetic set, not curated), with real only at 1 and synthetic at 0
         n_full = max((rows[n]["synthetic"] for n in done), default=0)
         pts = [
@@ -91,17 +101,38 @@ def main() -> int:
         ]
         if len(pts) > 1:
             _plot(axes[2], pts, name)
-    axes[0].set_xlabel("SEG on held-out frames (95 % bootstrap interval over test cells)")
-    lo = min((v[1] for s in summary.values() for v in s.values()), default=0.0)
+    axes[0].set_xlabel("SEG on held-out frames")
+    lo = min((v[1] for s in summary.values() for v in s.values()), default=0.0)  # before paired
     axes[0].set_xlim(max(0.0, lo - 0.1), 1)
     axes[1].set_xlabel("p_real (0 = synthetic only, 1 = real only)")
     axes[1].set_ylabel("SEG")
     axes[2].set_xlabel("synthetic pairs (p_real 0.6; 0 = real only)")
     axes[2].set_ylabel("SEG")
-    for ax in axes[1:]:
+    ax = axes[3]
+    y = range(len(paired))
+    ax.errorbar(
+        [d["difference"] for d in paired],
+        list(y),
+        xerr=[
+            [d["difference"] - d["low"] for d in paired],
+            [d["high"] - d["difference"] for d in paired],
+        ],
+        fmt="o",
+        capsize=4,
+    )
+    ax.set_yticks(list(y), paired_labels)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_xlabel("SEG − SEG(real only), paired over the same test cells")
+    ax.grid(alpha=0.3)
+    summary["paired_vs_real"] = {
+        k: [round(d["difference"], 4), round(d["low"], 4), round(d["high"], 4)]
+        for k, d in zip(paired_labels, paired, strict=True)
+    }
+    for ax in axes[1:3]:
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend()
+    fig.suptitle("Cellpose SEG on held-out frames; bars: 95 % bootstrap intervals over test cells")
     fig.tight_layout()
     fig.savefig(args.output, dpi=110)
     print(json.dumps({"output": str(args.output), "SEG": summary}))
