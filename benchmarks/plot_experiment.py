@@ -14,18 +14,13 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from cellsynth.experiment import bootstrap_mean, cell_jaccards, paired_difference
 
 
-def seg_interval(rec: dict, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+def seg_interval(rec: dict) -> tuple[float, float, float]:
     """SEG and its 95 % bootstrap interval over the row's reference cells."""
-    cells = rec.get("cell_jaccards") or {}
-    j = np.concatenate([np.asarray(v, dtype=float) for _, v in sorted(cells.items())] or [[]])
-    if j.size == 0:
-        return rec["SEG"], rec["SEG"], rec["SEG"]
-    boots = j[np.random.default_rng(seed).integers(0, j.size, (n_boot, j.size))].mean(axis=1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return float(j.mean()), float(lo), float(hi)
+    j = cell_jaccards(rec)
+    return bootstrap_mean(j) if j.size else (rec["SEG"], rec["SEG"], rec["SEG"])
 
 
 def _plot(ax, pts, label):
@@ -48,12 +43,11 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     runs = [json.loads(p.read_text()) for p in args.results]
-    from cellsynth.experiment import paired_difference
-
     fig, axes = plt.subplots(2, 2, figsize=(15, 9))
     axes = axes.ravel()
     paired_labels, paired = [], []
     summary = {}
+    lo = 1.0  # the lowest interval bound of any row: where the bar chart's axis starts
     for run in runs:
         name = run["config"]["name"]
         rows = {r["name"]: r for r in run["config"]["rows"]}
@@ -62,6 +56,7 @@ def main() -> int:
         # the real frames of the baseline row "real" (all training frames if there is none)
         base = set(rows["real"]["real"] if "real" in rows else run["config"]["train"])
         summary[name] = {n: [round(v, 4) for v in ci[n]] for n in done}
+        lo = min([lo] + [v[1] for v in ci.values()])
         # SEG per row
         ax = axes[0]
         names = list(done)
@@ -102,7 +97,6 @@ def main() -> int:
         if len(pts) > 1:
             _plot(axes[2], pts, name)
     axes[0].set_xlabel("SEG on held-out frames")
-    lo = min((v[1] for s in summary.values() for v in s.values()), default=0.0)  # before paired
     axes[0].set_xlim(max(0.0, lo - 0.1), 1)
     axes[1].set_xlabel("p_real (0 = synthetic only, 1 = real only)")
     axes[1].set_ylabel("SEG")

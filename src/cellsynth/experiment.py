@@ -833,15 +833,30 @@ def paired_difference(
     ja, jb = a.get("cell_jaccards"), b.get("cell_jaccards")
     if not ja or not jb or set(ja) != set(jb):
         return None
-    x = np.concatenate([np.asarray(ja[k], dtype=float) for k in sorted(ja)])
-    y = np.concatenate([np.asarray(jb[k], dtype=float) for k in sorted(jb)])
+    x, y = cell_jaccards(a), cell_jaccards(b)
     if x.shape != y.shape or x.size == 0:
         return None
     d = x - y
+    mean, lo, hi = bootstrap_mean(d, n_boot=n_boot, seed=seed)
+    return {"difference": mean, "low": lo, "high": hi, "cells": d.size}
+
+
+def cell_jaccards(rec: dict[str, Any]) -> np.ndarray:
+    """A row's per-cell Jaccard indices (the cells SEG averages), frames in name order."""
+    cells = rec.get("cell_jaccards") or {}
+    return np.concatenate(
+        [np.asarray(cells[k], dtype=float) for k in sorted(cells)] or [np.zeros(0)]
+    )
+
+
+def bootstrap_mean(
+    x: np.ndarray, *, n_boot: int = 4000, seed: int = 0
+) -> tuple[float, float, float]:
+    """Mean of ``x`` and its 95 % bootstrap interval (``x`` resampled with replacement)."""
     rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, d.size, (n_boot, d.size))].mean(axis=1)
+    boots = x[rng.integers(0, x.size, (n_boot, x.size))].mean(axis=1)
     lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"difference": float(d.mean()), "low": float(lo), "high": float(hi), "cells": d.size}
+    return float(x.mean()), float(lo), float(hi)
 
 
 def _nan_to_none(obj: Any) -> Any:
