@@ -61,6 +61,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
         args.path = sample_dataset_path()
         log.info("no PATH given: describing the built-in sample data set")
+    _check_json_output(args, [args.path])
     ds = read_dataset(args.path)
     rows = [p.describe() for p in ds.pairs]
     print(f"{ds.root}  ({ds.kind}, {len(rows)} item{'s' if len(rows) != 1 else ''})")
@@ -80,7 +81,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         from cellsynth.io import write_json
 
-        write_json(args.json, summary)
+        write_json(args.json, _json_safe(summary), overwrite=args.overwrite)
     print(json.dumps(_json_safe({k: v for k, v in summary.items() if k != "items"})))
     return 0
 
@@ -95,6 +96,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return _evaluate_model(args)
     if args.gt is None:
         raise CellsynthInputError("evaluate needs PRED and GT (or --model MODEL DATA)")
+    _check_json_output(args, [args.pred, args.gt])
     pred = read_dataset(args.pred, labels_only=True)
     ref = read_dataset(args.gt, labels_only=True)
     for ds, what in ((pred, "PRED"), (ref, "GT")):
@@ -125,7 +127,11 @@ def _report_evaluation(ev: Any, args: argparse.Namespace) -> int:
     )
     summary = ev.summary()
     if args.json:
-        write_json(args.json, _json_safe({"summary": summary, "frames": ev.rows()}))
+        write_json(
+            args.json,
+            _json_safe({"summary": summary, "frames": ev.rows()}),
+            overwrite=args.overwrite,
+        )
     print(json.dumps(_json_safe(summary)))
     return 0
 
@@ -135,12 +141,21 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     from cellsynth.io import read_dataset
     from cellsynth.segment import evaluate_model, load_model
 
+    _check_json_output(args, [args.pred, args.model])
     model = load_model(args.model, args.device)
     ds = read_dataset(args.pred, require_labels=True, require_images=True)
     bar = _progress_bar(len(ds), "segmenting", unit="image")
     ev = evaluate_model(model, ds.pairs, on_image=lambda i, n: bar.update(1))
     bar.close()
     return _report_evaluation(ev, args)
+
+
+def _check_json_output(args: argparse.Namespace, inputs: Sequence[Path]) -> None:
+    """``--json FILE``: never an input, never an existing file without ``--overwrite``."""
+    if args.json is not None:
+        from cellsynth.outputs import check_new_file
+
+        check_new_file(args.json, overwrite=args.overwrite, inputs=inputs)
 
 
 def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
@@ -154,7 +169,9 @@ def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
 def cmd_learn(args: argparse.Namespace) -> int:
     from cellsynth.io import read_pairs
     from cellsynth.learn import LearnSettings, learn
+    from cellsynth.outputs import check_writable
 
+    check_writable(args.output)  # before any training, not after the whole budget
     pairs = read_pairs(args.data, require_labels=True)
     if args.three_d:
         from cellsynth.learn3d import check_3d_pairs
@@ -254,9 +271,11 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
 
 
 def cmd_train_multiview(args: argparse.Namespace) -> int:
+    from cellsynth.outputs import check_writable
     from cellsynth.shapes.harmonics import ShapePriorConfig
     from cellsynth.shapes.multiview import MultiviewModel, train_multiview
 
+    check_writable(args.output)
     if args.output.exists() and any(args.output.iterdir()):
         raise CellsynthInputError(
             "output folder exists and is not empty; choose a new one", args.output
@@ -318,8 +337,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from cellsynth.io import read_dataset
-    from cellsynth.segment import FinetuneSettings, finetune
+    from cellsynth.segment import FinetuneSettings, check_finetune_output, finetune
 
+    check_finetune_output(args.output)  # before reading or training
     real = [p for d in args.real for p in read_dataset(d, require_labels=True).pairs]
     synthetic = []
     for d in args.synthetic or []:
@@ -367,18 +387,27 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     from cellsynth.io import read_pairs, write_tiff
+    from cellsynth.outputs import check_output_folder
     from cellsynth.segment import load_model, segment
 
     pairs = read_pairs(args.inputs)
     pairs = [p for p in pairs if p.has_image]
     if not pairs:
         raise CellsynthInputError("no images to segment", args.inputs[0])
+    names = [f"{p.name}.tif" for p in pairs]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise CellsynthInputError(
+            f"two inputs would both be written as {dup}; segment them into separate folders",
+            args.output,
+        )
+    check_output_folder(args.output, names, inputs=[*args.inputs, args.model])
     model = load_model(args.model, args.device)
     args.output.mkdir(parents=True, exist_ok=True)
     written = []
     bar = _progress_bar(len(pairs), "segmenting", unit="image")
     for p in pairs:
-        labels = segment(model, p.image, diameter=args.diameter)
+        labels = segment(model, p.image, diameter=args.diameter, path=p.image_path)
         written.append(
             str(write_tiff(args.output / f"{p.name}.tif", labels, voxel_size=p.voxel_size))
         )
@@ -418,8 +447,10 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from cellsynth.experiment import load_config, run_experiment
+    from cellsynth.outputs import check_writable
 
     config = load_config(args.config)
+    check_writable(args.output)
     bar = _progress_bar(100, "experiment", unit="%")
     job = run_experiment(
         config,
@@ -489,6 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="file or folder (default: the built-in CC0 nuclei data set)",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the full report here")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser(
@@ -515,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write summary and per-image rows here"
     )
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -806,14 +839,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except CellsynthInputError as exc:
-        if args.debug:
-            raise
-        print(f"cellsynth {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"cellsynth {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        message, code = error_message(exc)
+        print(f"cellsynth {args.command}: error: {message}", file=sys.stderr)
+        return code
+
+
+def error_message(exc: BaseException) -> tuple[str, int]:
+    """One line for a failure, and the exit code: 2 for bad input or an environment the command
+    cannot use (a file, permissions, memory), 1 for a bug (with a hint to report it)."""
+    if isinstance(exc, CellsynthInputError):
+        return _one_line(str(exc)), 2
+    if isinstance(exc, OSError):
+        names = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+        what = exc.strerror or str(exc) or type(exc).__name__
+        return _one_line(f"{' -> '.join(names)}: {what}" if names else what), 2
+    if isinstance(exc, MemoryError):
+        return (
+            "out of memory"
+            + (f" ({_one_line(str(exc))})" if str(exc) else "")
+            + "; use smaller images, a smaller --size or fewer cells",
+            2,
+        )
+    return (
+        f"unexpected {type(exc).__name__}: {_one_line(str(exc))} (rerun with --debug for the "
+        "traceback and report it)",
+        1,
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":

@@ -132,6 +132,62 @@ class ExperimentConfig:
 # --------------------------------------------------------------------------- config
 
 
+_INT, _NUM, _BOOL, _STR, _STRS = "an integer", "a number", "true or false", "a string", "a list"
+#: the type and range of every value a config may hold: (kind, minimum, maximum)
+VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
+    "learn": {
+        "minutes": (_NUM, 0, None), "mask_steps": (_INT, 0, None),
+        "texture_steps": (_INT, 0, None), "seed": (_INT, None, None), "3d": (_BOOL, None, None),
+        "multiview_steps": (_INT, 0, None), "tiny": (_BOOL, None, None),
+        "frames": (_STRS, None, None),
+    },
+    "synthetic": {
+        "n": (_INT, 0, None), "seed": (_INT, None, None), "steps": (_INT, 1, 1000),
+        "cluster_prob": (_NUM, 0, 1), "brightness": (_STR, None, None),
+    },
+    "training": {
+        "epochs": (_INT, 1, None), "nimg_per_epoch": (_INT, 1, None), "seed": (_INT, None, None),
+        "batch_size": (_INT, 1, None), "bsize": (_INT, 16, None),
+        "learning_rate": (_NUM, 0, None),
+    },
+    "row": {
+        "name": (_STR, None, None), "real": (_STRS, None, None), "synthetic": (_INT, 0, None),
+        "p_real": (_NUM, 0, 1), "curated": (_BOOL, None, None), "rho": (_NUM, 0, None),
+        "note": (_STR, None, None),
+    },
+}  # fmt: skip
+
+
+def _check_values(d: dict[str, Any], section: str, where: str, path: Path) -> None:
+    """Each value of ``d`` has its section's type and range; null means the default."""
+    for key, value in d.items():
+        spec = VALUE_TYPES[section].get(key)
+        if spec is None or value is None:
+            continue
+        kind, lo, hi = spec
+        ok = {
+            _INT: isinstance(value, int) and not isinstance(value, bool),
+            _NUM: isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value),
+            _BOOL: isinstance(value, bool),
+            _STR: isinstance(value, str),
+            _STRS: isinstance(value, list) and all(isinstance(v, str) for v in value),
+        }[kind]
+        if ok and kind in (_INT, _NUM):
+            ok = (lo is None or value >= lo) and (hi is None or value <= hi)
+        if not ok:
+            expected = kind if kind != _STRS else "a list of frame names"
+            if kind in (_INT, _NUM) and (lo is not None or hi is not None):
+                bound = (
+                    f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
+                )
+                expected += " " + bound
+            raise CellsynthInputError(
+                f"{where}: {key!r} must be {expected}, got {json.dumps(value)}", path
+            )
+
+
 def _check_keys(d: Any, allowed: set[str], where: str, path: Path) -> dict[str, Any]:
     if not isinstance(d, dict):
         raise CellsynthInputError(f"{where} must be a JSON object", path)
@@ -172,6 +228,27 @@ def config_from_dict(
     synthetic = _check_keys(raw.get("synthetic") or {}, SYNTHETIC_KEYS, "'synthetic'", where)
     training = _check_keys(raw.get("training") or {}, TRAINING_KEYS, "'training'", where)
     curation = _check_keys(raw.get("curation") or {}, CURATION_KEYS, "'curation'", where)
+    for section, values in (("learn", learn), ("synthetic", synthetic), ("training", training)):
+        _check_values(values, section, f"'{section}'", where)
+    size = synthetic.get("size")
+    if size is not None and (
+        not isinstance(size, list)
+        or len(size) not in (2, 3)
+        or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in size)
+    ):
+        raise CellsynthInputError(
+            f"'synthetic': 'size' must be [H, W] or [Z, Y, X] positive integers, got "
+            f"{json.dumps(size)}",
+            where,
+        )
+    for key in ("train", "test"):
+        if not isinstance(raw[key], list) or not all(isinstance(v, str) for v in raw[key]):
+            raise CellsynthInputError(f"{key!r} must be a list of frame names", where)
+    if not isinstance(raw["rows"], list) or not raw["rows"]:
+        raise CellsynthInputError("'rows' must be a non-empty list of row objects", where)
+    for key in ("data", "bundle"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise CellsynthInputError(f"{key!r} must be a path (a string)", where)
     train, test = list(raw["train"]), list(raw["test"])
     if not train or not test:
         raise CellsynthInputError("'train' and 'test' must each name at least one frame", where)
@@ -191,6 +268,13 @@ def config_from_dict(
         _check_keys(r, ROW_KEYS, f"row {i + 1}", where)
         if "name" not in r:
             raise CellsynthInputError(f"row {i + 1} needs a 'name'", where)
+        _check_values(r, "row", f"row {i + 1}", where)
+        if Row(name=r["name"], real=[]).slug.startswith("."):
+            raise CellsynthInputError(
+                f"row {i + 1}: name {r['name']!r} cannot be a file name (its models and results "
+                "are files named after it); use letters or digits",
+                where,
+            )
         real = list(train if r.get("real") is None else r["real"])
         bad = sorted(set(real) - set(train))
         if bad:
@@ -325,20 +409,18 @@ def _dist_version(name: str) -> str | None:
 
 
 @contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    """An exclusive lock file (POSIX); elsewhere a no-op."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+def _preparation_lock(out: Path) -> Iterator[None]:
+    """The experiment folder's write lock for the bundle and synthesis stage: a second run
+    waits for the first one's preparation (and then shares it)."""
+    from cellsynth.locks import folder_lock
+
+    with contextlib.ExitStack() as stack:
         try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+            stack.enter_context(folder_lock(out, "experiment folder"))
+        except CellsynthInputError as exc:
+            log.info("%s; waiting", exc)
+            stack.enter_context(folder_lock(out, "experiment folder", wait=math.inf))
+        yield
 
 
 class Experiment:
@@ -476,7 +558,7 @@ class Experiment:
         self.command = list(command) if command is not None else sys.argv
         self.machine = machine_info(str(self._device()))
         needs = {r.rho for r in rows if r.synthetic}
-        with _lock(self.out / ".prepare.lock"):
+        with _preparation_lock(self.out):
             if needs:
                 yield from self._ensure_bundle()
                 for rho in sorted(needs, key=lambda v: -1 if v is None else v):

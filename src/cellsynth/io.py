@@ -21,6 +21,7 @@ hard link that fails if the name was taken meanwhile).
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -590,13 +591,58 @@ def _token_key(stem: str) -> Any:
 
 
 def _read_dataset_json(root: Path) -> dict[str, Any]:
+    """``root/dataset.json`` checked at the boundary ({} when there is none)."""
     meta_path = root / "dataset.json"
     if not meta_path.exists():
         return {}
     try:
-        return json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CellsynthInputError(f"is not valid JSON ({exc})", meta_path) from exc
+    return check_dataset_meta(meta, meta_path)
+
+
+def _check_voxel_size(v: Any, where: str, path: Path) -> None:
+    if v is None:
+        return
+    if (
+        not isinstance(v, list)
+        or not 2 <= len(v) <= 3
+        or not all(
+            isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 and np.isfinite(x)
+            for x in v
+        )
+    ):
+        raise CellsynthInputError(
+            f"{where} must be null or a list of 2 or 3 positive numbers ([z,] y, x), got {v!r}",
+            path,
+        )
+
+
+def check_dataset_meta(meta: Any, path: Path) -> dict[str, Any]:
+    """Check the keys of a dataset.json that cellsynth reads: one error naming file and key."""
+    if not isinstance(meta, dict):
+        raise CellsynthInputError(
+            f"must hold a JSON object (with voxel_size, origin, samples), got a "
+            f"{type(meta).__name__}",
+            path,
+        )
+    _check_voxel_size(meta.get("voxel_size"), "'voxel_size'", path)
+    origin = meta.get("origin")
+    if origin is not None and not isinstance(origin, str):
+        raise CellsynthInputError(f"'origin' must be a string, got {origin!r}", path)
+    samples = meta.get("samples", {})
+    if not isinstance(samples, dict):
+        raise CellsynthInputError(
+            f"'samples' must be an object mapping sample names to records, got "
+            f"{type(samples).__name__}",
+            path,
+        )
+    for name, rec in samples.items():
+        if not isinstance(rec, dict):
+            raise CellsynthInputError(f"'samples.{name}' must be an object, got {rec!r}", path)
+        _check_voxel_size(rec.get("voxel_size"), f"'samples.{name}.voxel_size'", path)
+    return meta
 
 
 def read_dataset(
@@ -914,10 +960,11 @@ def _umask() -> int:
     return mask
 
 
-def write_json(path: str | Path, obj: Any) -> Path:
-    """Write (or replace) a JSON file of cellsynth's own atomically."""
+def write_json(path: str | Path, obj: Any, *, overwrite: bool = True) -> Path:
+    """Write a JSON file atomically; ``overwrite`` (default) replaces a JSON file of cellsynth's
+    own, ``overwrite=False`` refuses any existing file (a user-named report)."""
     path = Path(path)
-    with atomic_path(path, overwrite=True) as tmp:
+    with atomic_path(path, overwrite=overwrite) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
     return path
 
@@ -937,6 +984,12 @@ class DatasetWriter:
 
     ``dataset.json`` records the voxel size, the origin (``real``/``synthetic``) and one record
     per sample (generator bundle, seed, parameters, curation status ...).
+
+    Several writers (threads or processes) may add to one folder: every write holds the folder's
+    lock (:func:`cellsynth.locks.folder_lock`) and merges its records into the ``dataset.json``
+    on disk (read, merge, write), so no record is lost. A writer of synthetic pairs
+    (``origin="synthetic..."``) refuses a folder of real data (:func:`check_synthetic_target`).
+    Nothing is created before the first pair: a run that fails early leaves no empty folders.
     """
 
     def __init__(
@@ -947,28 +1000,84 @@ class DatasetWriter:
         origin: str = "real",
         meta: dict[str, Any] | None = None,
     ) -> None:
+        from cellsynth.outputs import check_synthetic_target, is_synthetic_origin
+
         self.root = Path(root)
         if self.root.exists() and not self.root.is_dir():
             raise CellsynthInputError("exists and is not a folder", self.root)
-        (self.root / "images").mkdir(parents=True, exist_ok=True)
-        (self.root / "labels").mkdir(parents=True, exist_ok=True)
-        self.meta = _read_dataset_json(self.root) or {
+        if is_synthetic_origin(origin):
+            check_synthetic_target(self.root)
+        self._defaults: dict[str, Any] = {
             "format": "cellsynth-dataset/1",
             "origin": origin,
             "voxel_size": list(voxel_size) if voxel_size is not None else None,
-            "samples": {},
         }
-        self.meta.setdefault("samples", {})
-        if meta:
-            self.meta.update(meta)
+        self._extra = dict(meta or {})
+        self._base: dict[str, Any] = {}  # dataset.json as last read: what differs is ours
+        self._depth = 0
+        self.meta: dict[str, Any] = {}
+        self.meta = self._merged()
+
+    def _merged(self) -> dict[str, Any]:
+        """dataset.json as on disk, with this writer's changes since it last read it on top
+        (new or edited sample records; new or edited top-level keys, objects merged by key)."""
+        disk = _read_dataset_json(self.root) if self.root.is_dir() else {}
+        meta = dict(disk) if disk else dict(self._defaults)
+        meta.update(self._extra)
+        meta["samples"] = dict(meta.get("samples") or {})
+        base_samples = self._base.get("samples", {})
+        for key, value in self.meta.items():
+            if key == "samples" or value == self._base.get(key):
+                continue
+            if isinstance(value, dict) and isinstance(meta.get(key), dict):
+                meta[key] = {**meta[key], **value}
+            else:
+                meta[key] = value
+        for name, rec in self.meta.get("samples", {}).items():
+            if rec != base_samples.get(name):
+                meta["samples"][name] = rec
+        self._base = copy.deepcopy(meta)
+        return meta
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[dict[str, Any]]:
+        """Hold the folder's lock, with :attr:`meta` fresh from disk; write it back at the end.
+
+        Waits up to a minute for another writer of the same folder (a write takes seconds).
+        """
+        from cellsynth.locks import folder_lock
+
+        if self._depth:
+            self._depth += 1
+            try:
+                yield self.meta
+            finally:
+                self._depth -= 1
+            return
+        with folder_lock(self.root, "dataset folder", wait=60.0):
+            self._depth = 1
+            try:
+                self.meta = self._merged()
+                yield self.meta
+                write_json(self.root / "dataset.json", self.meta)
+                self._base = copy.deepcopy(self.meta)
+            finally:
+                self._depth = 0
+
+    def reload(self) -> dict[str, Any]:
+        """Re-read dataset.json (other writers' records appear), keeping this writer's changes."""
+        self.meta = self._merged()
+        return self.meta
 
     def exists(self, name: str) -> bool:
         return any((self.root / d / f"{name}.tif").exists() for d in ("images", "labels"))
 
     def free_name(self, prefix: str, start: int = 0) -> str:
-        """The first ``{prefix}{i:04d}`` (i >= start) not used in this dataset."""
+        """The first ``{prefix}{i:04d}`` (i >= start) not used in this dataset (files or
+        records)."""
         i = start
-        while self.exists(f"{prefix}{i:04d}"):
+        samples = self.meta.get("samples", {})
+        while self.exists(f"{prefix}{i:04d}") or f"{prefix}{i:04d}" in samples:
             i += 1
         return f"{prefix}{i:04d}"
 
@@ -982,39 +1091,48 @@ class DatasetWriter:
         record: dict[str, Any] | None = None,
     ) -> tuple[Path | None, Path | None]:
         """Write one pair as ``images/NAME.tif`` and ``labels/NAME.tif`` and record it."""
-        if "/" in name or name.startswith("."):
+        if not name or "/" in name or "\\" in name or name.startswith("."):
             raise CellsynthInputError(f"invalid sample name {name!r}", self.root)
-        if self.exists(name):
-            raise CellsynthInputError(
-                f"sample {name!r} already exists; cellsynth never overwrites files", self.root
-            )
         if image is not None and labels is not None:
             check_same_shape(np.asarray(image), np.asarray(labels), name)
-        vs = voxel_size if voxel_size is not None else self.meta.get("voxel_size")
-        img_path = lab_path = None
         if labels is not None:
             labels = validate_labels(labels, name, allow_binary=False)
-            lab_path = write_tiff(self.root / "labels" / f"{name}.tif", labels, voxel_size=vs)
-        if image is not None:
+        with self.transaction() as meta:
+            if self.exists(name) or name in meta["samples"]:
+                raise CellsynthInputError(
+                    f"sample {name!r} already exists; cellsynth never overwrites files", self.root
+                )
+            vs = voxel_size if voxel_size is not None else meta.get("voxel_size")
+            img_path = lab_path = None
             try:
-                img_path = write_tiff(self.root / "images" / f"{name}.tif", image, voxel_size=vs)
-            except Exception:
-                if lab_path is not None:
-                    lab_path.unlink(missing_ok=True)
+                if labels is not None:
+                    lab_path = write_tiff(
+                        self.root / "labels" / f"{name}.tif", labels, voxel_size=vs
+                    )
+                if image is not None:
+                    img_path = write_tiff(
+                        self.root / "images" / f"{name}.tif", image, voxel_size=vs
+                    )
+            except BaseException:
+                for written in (lab_path, img_path):  # this run's own half-written pair
+                    if written is not None:
+                        written.unlink(missing_ok=True)
                 raise
-        rec = dict(record or {})
-        if voxel_size is not None:
-            rec["voxel_size"] = list(voxel_size)
-        self.meta["samples"][name] = rec
-        self.save()
+            rec = dict(record or {})
+            if voxel_size is not None:
+                rec["voxel_size"] = list(voxel_size)
+            meta["samples"][name] = rec
         return img_path, lab_path
 
     def update_record(self, name: str, **fields: Any) -> None:
-        self.meta["samples"].setdefault(name, {}).update(fields)
-        self.save()
+        with self.transaction() as meta:
+            meta["samples"].setdefault(name, {}).update(fields)
 
     def save(self) -> None:
-        write_json(self.root / "dataset.json", self.meta)
+        """Write this writer's changes to :attr:`meta` into dataset.json (read-merge-write under
+        the folder's lock: other writers' records are kept)."""
+        with self.transaction():
+            pass
 
 
 def read_pairs(paths: Iterable[str | Path], **kwargs: Any) -> list[Pair]:

@@ -95,6 +95,7 @@ def training_slices(
         if not p.has_labels:
             raise CellsynthInputError(f"{what} image has no labels", p.image_path or p.name)
         for name, i, lb in labelled_slices(p):
+            check_image_size(lb.shape, p.labels_path or p.image_path or name, f"{what} image")
             if lb.max() == 0:
                 log.warning("%s: no cells, skipped", name)
                 continue
@@ -181,6 +182,20 @@ def load_model(path: str | Path | None, device: str | Any = "auto") -> Any:
     )
 
 
+#: smallest image side (Y and X) Cellpose can segment or train on (its resizing fails below)
+MIN_SIDE = 8
+
+
+def check_image_size(shape: Sequence[int], path: Any, what: str = "image") -> None:
+    """Refuse images smaller than :data:`MIN_SIDE` px in Y or X, naming the file."""
+    if min(shape[-2:]) < MIN_SIDE:
+        raise CellsynthInputError(
+            f"{what} of {'×'.join(map(str, shape))} px is too small; Cellpose needs at least "
+            f"{MIN_SIDE}×{MIN_SIDE} px",
+            path,
+        )
+
+
 def segment(
     model: Any,
     image: np.ndarray,
@@ -188,11 +203,19 @@ def segment(
     diameter: float | None = None,
     do_3D: bool | None = None,
     anisotropy: float | None = None,
+    path: Any = None,
 ) -> np.ndarray:
-    """Instance labels of a 2D image or a 3D (Z, Y, X) stack (3D flows for stacks)."""
+    """Instance labels of a 2D image or a 3D (Z, Y, X) stack (3D flows for stacks).
+
+    ``path`` (the image's file, or its name) is named in errors about the image.
+    """
     image = np.asarray(image)
     if image.ndim not in (2, 3):
-        raise CellsynthInputError(f"can only segment 2D images or 3D stacks, got {image.shape}")
+        raise CellsynthInputError(
+            f"can only segment 2D images or 3D stacks (ZYX), got shape {image.shape}",
+            path if path is not None else "image",
+        )
+    check_image_size(image.shape, path if path is not None else "image")
     three_d = image.ndim == 3 if do_3D is None else do_3D
     kwargs: dict[str, Any] = {"channels": CHANNELS, "diameter": diameter}
     if three_d:
@@ -218,7 +241,12 @@ def evaluate_model(
     ev = Evaluation()
     for i, p in enumerate(pairs):
         image = p.image
-        pred = segment(model, image, anisotropy=anisotropy_of(p.voxel_size, image.ndim))
+        pred = segment(
+            model,
+            image,
+            anisotropy=anisotropy_of(p.voxel_size, image.ndim),
+            path=p.image_path or p.name,
+        )
         ev.frames.extend(compare_frames(p.name, p.labels, pred, p.annotated_slices))
         if on_image is not None:
             on_image(i + 1, len(pairs))
@@ -258,9 +286,7 @@ def finetune(
     from cellpose import train
 
     settings = settings or FinetuneSettings()
-    out = Path(out)
-    if out.exists():
-        raise CellsynthInputError("already exists; cellsynth never overwrites files", out)
+    out = check_finetune_output(out)
     if settings.epochs < 1:
         raise CellsynthInputError(f"--epochs must be >= 1, got {settings.epochs}")
     r_imgs, r_labs, r_names = training_slices(real, "real")
@@ -276,8 +302,16 @@ def finetune(
     model = load_model(settings.pretrained, settings.device)
     net = model.net
     out.parent.mkdir(parents=True, exist_ok=True)
-    work = out.parent / f".{out.name}.training"
-    work.mkdir(exist_ok=True)
+    work = _work_folder(out)
+    try:
+        work.mkdir()  # this run's own: deleted at the end, so never one that was there before
+    except FileExistsError:
+        raise CellsynthInputError(
+            "already exists (another finetune into the same name is running, or was killed); "
+            "cellsynth never deletes folders it did not create — remove it or choose another "
+            "output name",
+            work,
+        ) from None
     batches_per_epoch = int(np.ceil(nimg / settings.batch_size))
     total = settings.epochs * batches_per_epoch
     events: queue.Queue = queue.Queue()
@@ -381,6 +415,30 @@ def finetune(
     )
 
 
+def _work_folder(out: Path) -> Path:
+    return out.parent / f".{out.name}.training"
+
+
+def finetune_outputs(out: str | Path) -> list[Path]:
+    """Everything ``finetune -o OUT`` writes: the model, its safetensors copy, its log, and its
+    work folder (deleted at the end)."""
+    out = Path(out).expanduser()
+    return [
+        out,
+        out.with_name(out.name + ".safetensors"),
+        out.with_name(out.name + ".log.json"),
+        _work_folder(out),
+    ]
+
+
+def check_finetune_output(out: str | Path) -> Path:
+    """Refuse, before any work, an output name whose model, sidecars or work folder exist."""
+    from cellsynth.outputs import check_new_outputs
+
+    main, *sidecars = finetune_outputs(out)
+    return check_new_outputs(main, sidecars, "the model")
+
+
 def _epoch_means(losses: list[float], per_epoch: int) -> list[float]:
     k = len(losses) // per_epoch
     return [float(np.mean(losses[i * per_epoch : (i + 1) * per_epoch])) for i in range(k)]
@@ -414,7 +472,7 @@ def _finish(
         net.save_model(str(tmp))
     state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
     st = out.with_name(out.name + ".safetensors")
-    with atomic_path(st, overwrite=True) as tmp:
+    with atomic_path(st) as tmp:
         save_file(state, str(tmp))
     write_json(
         out.with_name(out.name + ".log.json"),
@@ -434,6 +492,7 @@ def _finish(
             "epoch_losses": _epoch_means(losses, per_epoch),
             "batch_losses": losses[-2000:],
         },
+        overwrite=False,
     )
     shutil.rmtree(work, ignore_errors=True)
     log.info("model written to %s%s", out, " (cancelled: last weights)" if cancelled else "")
@@ -448,7 +507,7 @@ def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
 
     rows = []
     for p in pairs:
-        pred = segment(model, p.image)
+        pred = segment(model, p.image, path=p.image_path or p.name)
         j = seg_jaccards(p.labels, pred)
         fg_i = np.logical_and(p.labels > 0, pred > 0).sum()
         fg_u = np.logical_or(p.labels > 0, pred > 0).sum()

@@ -11,7 +11,9 @@ parameter of each sample in ``dataset.json``. The same seed gives the same pair.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -33,6 +35,23 @@ log = logging.getLogger(__name__)
 
 #: slice noise correlation for bundles learnt without 3D data (corr = rho^2 / (1 + rho^2) = 0.8)
 DEFAULT_RHO = 2.0
+#: peak bytes per canvas voxel of one sample (measured about 40 on a 1024² canvas; see
+#: tests/test_safety.py), used to refuse canvases beyond the free memory before allocating
+BYTES_PER_VOXEL = 64
+
+
+def available_memory() -> int | None:
+    """Bytes of memory free for a new allocation (None when the system does not say)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 @dataclass
@@ -144,8 +163,41 @@ class Synthesizer:
             sides = draw_sides(b.scales, b.crop_size, len(norm), rng, size_factor)
         return [resize_mask(m, int(s)) for m, s in zip(norm, sides, strict=True)]
 
+    def expected_cells(self, params: SynthesisParams) -> int:
+        """Cells in one sample: the parameter, else the expected count at the bundle's density
+        (3D: at most one slice's worth, an upper estimate)."""
+        if params.cells is not None:
+            return int(params.cells)
+        plane = float(np.prod([float(v) for v in params.size[-2:]]))
+        return int(float(self.bundle.density) * plane)
+
+    def memory_estimate(self, params: SynthesisParams) -> int:
+        """Bytes one sample of ``params`` needs at its peak, roughly (an upper estimate).
+
+        Per canvas voxel: labels, the occupancy map, the texture model's condition, noise and
+        image (float32) and their copies; per cell: the sampled mask crop and its resized copies
+        (3D: its volume).
+        """
+        voxels = float(np.prod([float(v) for v in params.size]))
+        crop = int(self.bundle.mask_cfg.sample_size)
+        per_cell = 16 * crop * crop + (4 * crop**3 if params.is_3d else 0)
+        return int(voxels * BYTES_PER_VOXEL + self.expected_cells(params) * per_cell)
+
+    def check_memory(self, params: SynthesisParams) -> None:
+        """Refuse a sample that would need more memory than this machine has free."""
+        need = self.memory_estimate(params)
+        free = available_memory()
+        if free is not None and need > free:
+            raise CellsynthInputError(
+                f"a canvas of {'×'.join(str(int(v)) for v in params.size)} px with "
+                f"{self.expected_cells(params)} cells needs about {need / 2**30:.1f} GiB of "
+                f"memory, more than the {free / 2**30:.1f} GiB available; use a smaller --size "
+                "or fewer --cells"
+            )
+
     def sample(self, params: SynthesisParams) -> SyntheticPair:
         params.validate()
+        self.check_memory(params)
         if params.is_3d:
             return self.sample_3d(params)
         b = self.bundle
@@ -301,6 +353,20 @@ class Synthesizer:
         return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)
 
 
+def request_of(params: SynthesisParams, bundle: GeneratorBundle) -> dict[str, Any]:
+    """What determines a pair: the bundle and every synthesis parameter (seed included).
+
+    A record with the same request in the target's dataset.json means the pair is already
+    there: an interrupted ``synthesize`` rerun completes the missing seeds only.
+    """
+    req = asdict(params)
+    req["size"] = [int(v) for v in params.size]
+    if params.voxel_size is not None:
+        req["voxel_size"] = [float(v) for v in params.voxel_size]
+    req["bundle"] = str(bundle.path) if bundle.path else None
+    return json.loads(json.dumps(req))  # as it reads back from dataset.json
+
+
 def synthesize(
     out: str | Path,
     n: int,
@@ -310,11 +376,22 @@ def synthesize(
     device: str = "auto",
     prefix: str = "synth_",
 ) -> Iterator[tuple[int, int, str]]:
-    """Write ``n`` pairs (seeds ``seed, seed+1, ...``) to a dataset folder; yields (i, n, name)."""
+    """Write ``n`` pairs (seeds ``seed, seed+1, ...``) to a dataset folder; yields (i, n, name).
+
+    Pair ``seed + i`` is named ``{prefix}{seed + i:04d}`` (the next free name when that one is
+    taken). Seeds already in the folder with the same bundle and parameters are not drawn again,
+    so rerunning an interrupted command completes it. ``out`` must be new, empty, or a synthetic
+    data set of cellsynth's (:func:`cellsynth.outputs.check_synthetic_target`).
+    """
+    from cellsynth.outputs import check_synthetic_target, check_writable
+
     params.validate()
     if n < 1:
         raise CellsynthInputError(f"-n must be >= 1, got {n}")
+    out = check_synthetic_target(out)
+    check_writable(out)
     synth = Synthesizer(bundle, device=device)
+    synth.check_memory(params)
     b = synth.bundle
     writer = DatasetWriter(
         out,
@@ -324,13 +401,33 @@ def synthesize(
     )
     for i in range(n):
         p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})
+        request = request_of(p, b)
+        done = _recorded(writer.reload(), request)
+        if done is not None:
+            log.info("seed %d is already in %s as %s: kept", p.seed, out, done)
+            yield i + 1, n, done
+            continue
         pair = synth.sample(p)
-        name = writer.free_name(prefix)
         record = {
             "origin": "synthetic",
             "bundle": str(b.path) if b.path else None,
             **pair.params,
+            "request": request,
             "status": "unreviewed",
         }
-        writer.add(name, pair.image, pair.labels, record=record)
-        yield i + 1, n, name
+        with writer.transaction() as meta:
+            done = _recorded(meta, request)  # a concurrent run may have written it meanwhile
+            if done is None:
+                preferred = f"{prefix}{p.seed:04d}"
+                free = not writer.exists(preferred) and preferred not in meta["samples"]
+                done = preferred if free else writer.free_name(prefix)
+                writer.add(done, pair.image, pair.labels, record=record)
+        yield i + 1, n, done
+
+
+def _recorded(meta: dict[str, Any], request: dict[str, Any]) -> str | None:
+    """The name of a sample of ``meta`` recorded with ``request``, if any."""
+    for name, rec in meta.get("samples", {}).items():
+        if rec.get("request") == request:
+            return name
+    return None
