@@ -211,3 +211,147 @@ def test_written_files_get_ordinary_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+# --------------------------------------------------------------------------- voxel size units (#19)
+
+
+def _plain(path, resolution, unit):
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint16), resolution=resolution, resolutionunit=unit)
+    return read_array(path).voxel_size
+
+
+def test_resolution_in_centimetres_is_converted_to_micrometres(tmp_path):
+    assert _plain(tmp_path / "cm.tif", (1e4 / 0.5, 1e4 / 0.5), "CENTIMETER") == pytest.approx(
+        (0.5, 0.5)
+    )
+
+
+def test_resolution_in_inches_is_converted_to_micrometres(tmp_path):
+    assert _plain(tmp_path / "in.tif", (25400 / 0.65, 25400 / 0.65), "INCH") == pytest.approx(
+        (0.65, 0.65)
+    )
+
+
+def test_resolution_in_millimetres_is_converted_to_micrometres(tmp_path):
+    assert _plain(tmp_path / "mm.tif", (1e3 / 2.0, 1e3 / 2.0), "MILLIMETER") == pytest.approx(
+        (2.0, 2.0)
+    )
+
+
+def test_a_72_dpi_tiff_has_no_voxel_size_and_warns(tmp_path, caplog):
+    with caplog.at_level("WARNING"):
+        assert _plain(tmp_path / "screen.tif", (72, 72), "INCH") is None
+    assert "72 dpi" in caplog.text and "screen.tif" in caplog.text
+
+
+def test_resolution_without_unit_is_pixels_per_micrometre(tmp_path):
+    assert _plain(tmp_path / "none.tif", (4, 4), "NONE") == pytest.approx((0.25, 0.25))
+
+
+def test_imagej_unit_nm_applies_to_resolution_and_spacing(tmp_path):
+    path = tmp_path / "nm.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint16),
+        imagej=True,
+        metadata={"axes": "ZYX", "unit": "nm", "spacing": 500.0},
+        resolution=(1 / 250, 1 / 250),
+    )
+    assert read_array(path).voxel_size == pytest.approx((0.5, 0.25, 0.25))
+
+
+def test_imagej_unit_pixel_means_no_voxel_size(tmp_path):
+    path = tmp_path / "px.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((8, 8), np.uint16),
+        imagej=True,
+        metadata={"unit": "pixel"},
+        resolution=(0.5, 0.5),
+    )
+    assert read_array(path).voxel_size is None
+
+
+def test_ome_physical_size_units_are_converted(tmp_path):
+    path = tmp_path / "units.ome.tif"
+    tifffile.imwrite(
+        path,
+        np.zeros((3, 8, 8), np.uint32),
+        ome=True,
+        metadata={
+            "axes": "ZYX",
+            "PhysicalSizeX": 250,
+            "PhysicalSizeXUnit": "nm",
+            "PhysicalSizeY": 250,
+            "PhysicalSizeYUnit": "nm",
+            "PhysicalSizeZ": 0.002,
+            "PhysicalSizeZUnit": "mm",
+        },
+    )
+    assert read_array(path).voxel_size == pytest.approx((2.0, 0.25, 0.25))
+
+
+def test_a_5d_file_of_unnamed_axes_is_refused_naming_it(tmp_path):
+    path = tmp_path / "five.tif"
+    tifffile.imwrite(path, np.zeros((2, 3, 5, 8, 8), np.uint16))
+    with pytest.raises(CellsynthInputError, match=r"five\.tif.*cannot tell apart"):
+        read_array(path)
+
+
+# --------------------------------------------------------------------------- dataset.json
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"voxel_size": 5}', "'voxel_size' must be null or a list"),
+        ('{"samples": []}', "'samples' must be an object"),
+        ("[1, 2]", "must hold a JSON object"),
+        ('{"samples": {"img0": 3}}', "'samples.img0' must be an object"),
+        ('{"voxel_size": [0.5, -1]}', "'voxel_size' must be null"),
+        ("{not json", "is not valid JSON"),
+    ],
+)
+def test_malformed_dataset_json_is_one_error_naming_file_and_key(dataset_folder, content, message):
+    (dataset_folder / "dataset.json").write_text(content)
+    with pytest.raises(CellsynthInputError, match=r"dataset\.json") as err:
+        read_dataset(dataset_folder)
+    assert message in str(err.value)
+
+
+# --------------------------------------------------------------------------- DatasetWriter
+
+
+def test_two_writers_of_one_folder_keep_every_record(tmp_path):
+    lab = disks(shape=(32, 32), centres=((10, 10),), radius=4)
+    a = DatasetWriter(tmp_path / "out", origin="synthetic")
+    b = DatasetWriter(tmp_path / "out", origin="synthetic")  # both read the folder before writing
+    a.add("a0", image_for(lab), lab, record={"by": "a"})
+    b.add("b0", image_for(lab), lab, record={"by": "b"})
+    a.add("a1", image_for(lab), lab, record={"by": "a"})
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert sorted(meta["samples"]) == ["a0", "a1", "b0"]
+
+
+def test_a_writer_that_never_writes_leaves_no_folders(tmp_path):
+    DatasetWriter(tmp_path / "out", origin="synthetic")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_synthetic_writer_refuses_a_real_data_set(dataset_folder):
+    with pytest.raises(CellsynthInputError, match="did not synthesize"):
+        DatasetWriter(dataset_folder, origin="synthetic")
+
+
+def test_edited_records_are_merged_not_replaced(tmp_path):
+    lab = disks(shape=(32, 32), centres=((10, 10),), radius=4)
+    w = DatasetWriter(tmp_path / "out", origin="synthetic")
+    w.add("a", image_for(lab), lab, record={"status": "unreviewed"})
+    other = DatasetWriter(tmp_path / "out")
+    other.add("b", image_for(lab), lab)
+    w.meta["samples"]["a"]["quality"] = {"SEG": 0.5}  # edited in place, then saved
+    w.save()
+    meta = json.loads((tmp_path / "out" / "dataset.json").read_text())
+    assert sorted(meta["samples"]) == ["a", "b"]
+    assert meta["samples"]["a"]["quality"] == {"SEG": 0.5}

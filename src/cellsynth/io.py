@@ -124,12 +124,22 @@ def _read_tiff(path: Path) -> ImageData:
         ) from exc
     if data.ndim != len(axes):
         raise CellsynthInputError(f"unexpected TIFF layout {series.axes} {data.shape}", path)
+    if "?" in axes or any(axes.count(a) > 1 for a in "TZYXC"):
+        raise CellsynthInputError(
+            f"has {data.ndim} dimensions {data.shape} (TIFF axes {series.axes!r}) that cellsynth "
+            "cannot tell apart; it reads 2D images, 3D stacks (ZYX), time series (T[Z]YX) and "
+            "channels (C) — save one stack or time series per file",
+            path,
+        )
     return ImageData(data=data, axes=axes, voxel_size=voxel, path=path)
 
 
 def _normalise_axes(axes: str, shape: tuple[int, ...]) -> str:
     """Map tifffile's axes (TZCYXS, Q, I, ...) onto T, Z, Y, X, C."""
     axes = axes.upper()
+    unnamed = [i for i, a in enumerate(axes) if a not in "YXSCTZ" and shape[i] > 1]
+    if len(unnamed) > 1:  # several unnamed stack axes: which is Z, which is T? ask, never guess
+        return "".join("?" if i in unnamed else a for i, a in enumerate(axes))
     out = []
     for i, a in enumerate(axes):
         if a in "YX":
@@ -160,8 +170,42 @@ def _squeeze_unknown(img: ImageData) -> ImageData:
     )
 
 
+#: micrometres per unit, for the length units of OME-XML, ImageJ descriptions and TIFF tags
+_UM_PER_UNIT = {
+    "um": 1.0, "µm": 1.0, "μm": 1.0, "\\u00b5m": 1.0, "micron": 1.0, "microns": 1.0,
+    "micrometer": 1.0, "micrometre": 1.0, "nm": 1e-3, "nanometer": 1e-3, "nanometre": 1e-3,
+    "å": 1e-4, "angstrom": 1e-4, "pm": 1e-6, "mm": 1e3, "millimeter": 1e3, "millimetre": 1e3,
+    "cm": 1e4, "centimeter": 1e4, "centimetre": 1e4, "m": 1e6, "meter": 1e6, "metre": 1e6,
+    "in": 25400.0, "inch": 25400.0,
+}  # fmt: skip
+#: what a TIFF ResolutionUnit tag (1 none, 2 inch, 3 cm, 4 mm, 5 µm) means in micrometres
+_RESUNIT_UM = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}
+#: inch-based resolutions up to this many dots per inch are screen or print settings (72, 96,
+#: 300 dpi ...), not a microscope's calibration (1200 dpi is a 21 µm pixel)
+_MAX_PRINT_DPI = 1200.0
+
+
+def _um_per(unit: Any, path: Any) -> float | None:
+    """Micrometres per ``unit`` (None: no physical unit, e.g. ImageJ's 'pixel')."""
+    name = str(unit).strip().lower()
+    if name in ("", "pixel", "pixels", "px"):
+        return None
+    if name not in _UM_PER_UNIT:
+        log.warning("%s: unknown length unit %r; voxel size ignored", path, unit)
+        return None
+    return _UM_PER_UNIT[name]
+
+
 def _tiff_voxel_size(tif: Any, axes: str) -> tuple[float, ...] | None:
+    """Voxel size in µm from OME-XML (with its units), else the X/YResolution tags read with
+    their ResolutionUnit (or the ImageJ description's unit) and ImageJ's z spacing.
+
+    A resolution without a unit (ResolutionUnit none, no ImageJ unit) is read as pixels per µm,
+    the ImageJ convention; an inch-based one of a screen or print dpi (72, 300 ...) is no voxel
+    size at all (with a warning).
+    """
     spatial = "".join(a for a in axes if a in "ZYX")
+    path = getattr(tif, "filename", "TIFF")
     sizes: dict[str, float] = {}
     if tif.is_ome and tif.ome_metadata:
         try:
@@ -172,20 +216,38 @@ def _tiff_voxel_size(tif: Any, axes: str) -> tuple[float, ...] | None:
             for a in "ZYX":
                 v = pixels.get(f"PhysicalSize{a}")
                 if v:
-                    sizes[a] = float(v)
+                    scale = _um_per(pixels.get(f"PhysicalSize{a}Unit", "µm"), path)
+                    if scale is not None:
+                        sizes[a] = float(v) * scale
         except (KeyError, TypeError, ValueError, IndexError):
             pass
     page = tif.pages[0]
-    if "X" not in sizes:
-        for a, tag in (("X", "XResolution"), ("Y", "YResolution")):
-            res = page.tags.get(tag)
-            if res is not None:
-                num, den = res.value
-                if num and den and num != den:  # 1/1 is "no resolution" in practice
-                    sizes[a] = float(den) / float(num)
     ij = tif.imagej_metadata or {}
-    if "Z" not in sizes and ij.get("spacing"):
-        sizes["Z"] = float(ij["spacing"])
+    ij_scale = _um_per(ij["unit"], path) if "unit" in ij else 1.0
+    if "X" not in sizes:
+        tag = page.tags.get("ResolutionUnit")
+        unit = int(tag.value) if tag is not None else 2  # TIFF's default unit is the inch
+        scale = ij_scale if unit == 1 or "unit" in ij else _RESUNIT_UM.get(unit)
+        for a, name in (("X", "XResolution"), ("Y", "YResolution")):
+            res = page.tags.get(name)
+            if res is None or scale is None:
+                continue
+            num, den = res.value
+            if not (num and den) or num == den:  # 1/1 is "no resolution" in practice
+                continue
+            per_unit = float(num) / float(den)  # pixels per unit
+            if unit == 2 and "unit" not in ij and per_unit <= _MAX_PRINT_DPI:
+                log.warning(
+                    "%s: resolution %g dpi is a screen or print setting, not a voxel size; "
+                    "reading it as 'no voxel size'",
+                    path,
+                    per_unit,
+                )
+                sizes.pop("Y", None)
+                break
+            sizes[a] = scale / per_unit
+    if "Z" not in sizes and ij.get("spacing") and ij_scale is not None:
+        sizes["Z"] = float(ij["spacing"]) * ij_scale
     if not sizes:
         return None
     return tuple(sizes.get(a, 1.0) for a in spatial)
