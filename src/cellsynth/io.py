@@ -730,7 +730,7 @@ def read_dataset(
         ds = _read_labels_only(path)
     elif path.is_file():
         ds = _read_single_file(path)
-    elif _find_label_dir(path) is not None and (path / "images").is_dir():
+    elif (path / "images").is_dir():  # a dataset folder, with or without its labels/
         ds = _read_dataset_folder(path)
     elif _ctc_sequences(path) or _ctc_sequence_self(path):
         ds = _read_ctc(path)
@@ -768,10 +768,10 @@ def _find_label_dir(root: Path) -> Path | None:
 def _read_dataset_folder(root: Path) -> Dataset:
     meta = _read_dataset_json(root)
     label_dir = _find_label_dir(root)
-    assert label_dir is not None
     voxel = tuple(meta["voxel_size"]) if meta.get("voxel_size") else None
     pairs = []
-    for img, lab in pair_files(_list_images(root / "images"), _list_images(label_dir)):
+    labels = _list_images(label_dir) if label_dir is not None else []
+    for img, lab in pair_files(_list_images(root / "images"), labels):
         name = _stem(img if img is not None else lab)  # type: ignore[arg-type]
         rec = meta.get("samples", {}).get(name, {})
         vs = tuple(rec["voxel_size"]) if rec.get("voxel_size") else voxel
