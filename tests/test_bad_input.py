@@ -439,6 +439,12 @@ CASES = [
         "five_d.tif",
         "cannot tell apart",
     ),
+    Case(
+        "score-a-real-dataset",
+        lambda c, o: ["score", _s(c["ds_origin_real"]), "--model", _s(c["model"])],
+        "origin_real",
+        "not a synthetic data set",
+    ),
     # ---- learn: refused before any training
     Case(
         "learn-output-under-a-file",
@@ -574,3 +580,46 @@ def test_read_only_output_is_refused_before_training(corpus, tmp_path, capsys):
         ro.chmod(0o700)
     assert code == 2
     assert "cannot be written" in capsys.readouterr().err
+
+
+def _read_only_folder() -> Path | None:
+    """A folder where even root cannot create files (sysfs), or None."""
+    import tempfile
+
+    ro = Path("/sys")
+    try:
+        with tempfile.TemporaryFile(dir=ro):
+            return None
+    except OSError:
+        return ro if ro.is_dir() else None
+
+
+READ_ONLY = _read_only_folder()
+RO_CASES = {
+    "info-json": lambda c, o: ["info", _s(c["ds"]), "--json", _s(o / "r.json")],
+    "evaluate-json": lambda c, o: ["evaluate", _s(c["ds"]), _s(c["ds"]), "--json", _s(o / "r")],
+    "synthesize": lambda c, o: ["synthesize", "-o", _s(o / "s"), *SYN],
+    "finetune": lambda c, o: ["finetune", "--real", _s(c["ds"]), "-o", _s(o / "m"), *FT],
+    "segment": lambda c, o: [
+        "segment",
+        _s(c["image_tif"]),
+        "--model",
+        _s(c["model"]),
+        "-o",
+        _s(o / "s"),
+    ],
+    "learn": lambda c, o: ["learn", _s(c["ds"]), "-o", _s(o / "b"), "--tiny"],
+    "experiment": lambda c, o: ["experiment", _s(c["cfg_ok"]), "-o", _s(o / "e")],
+}
+
+
+@pytest.mark.skipif(READ_ONLY is None, reason="no read-only folder on this system")
+@pytest.mark.parametrize("command", sorted(RO_CASES))
+def test_a_read_only_output_is_one_line_before_any_work(command, corpus, capsys):
+    before = _checksums(corpus["root"])
+    code = main(RO_CASES[command](corpus, READ_ONLY / "cellsynth-out"))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    errors = [line for line in err.splitlines() if ERROR_LINE.match(line)]
+    assert len(errors) == 1 and "cellsynth-out" in errors[0] and "cannot be written" in errors[0]
+    assert _checksums(corpus["root"]) == before

@@ -159,7 +159,16 @@ def test_a_budget_lowers_epochs_and_a_hopeless_budget_is_refused(tmp_path):
         ({"rows": [{"name": "r", "real": ["nope"]}]}, "are not training frames"),
         ({"rows": [{"name": "r", "real": [], "synthetic": 0}]}, "trains on nothing"),
         ({"rows": [{"name": "r", "synthetic": 9}]}, "more synthetic pairs than synthetic.n"),
-        ({"rows": [{"name": "r", "p_real": 1.5, "synthetic": 1}]}, "p_real must be in [0, 1]"),
+        (
+            {"rows": [{"name": "r", "p_real": 1.5, "synthetic": 1}]},
+            "'p_real' must be a number in [0, 1], got 1.5",
+        ),
+        ({"training": {"epochs": "many"}}, "'training': 'epochs' must be an integer >= 1"),
+        ({"training": {"epochs": 0}}, "'epochs' must be an integer >= 1, got 0"),
+        ({"synthetic": {"cluster_prob": 2}}, "'cluster_prob' must be a number in [0, 1]"),
+        ({"rows": [{"name": "."}]}, "name '.' cannot be a file name"),
+        ({"rows": [{"name": "r", "curated": "yes"}]}, "'curated' must be true or false"),
+        ({"train": "t01"}, "'train' must be a list of frame names"),
         ({"rows": [{"name": "r"}, {"name": "r"}]}, "row names must be unique"),
         (
             {"rows": [{"name": "c", "synthetic": 1, "curated": True}]},

@@ -420,8 +420,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cellsynth.io import DatasetWriter, read_dataset
+    from cellsynth.outputs import check_synthetic_source
     from cellsynth.segment import load_model, record_quality, score_dataset
 
+    check_synthetic_source(args.dataset)  # scores go into dataset.json: never a user's real set
     ds = read_dataset(args.dataset, require_labels=True, require_images=True)
     if ds.kind != "dataset":
         raise CellsynthInputError("score needs a dataset folder (images/, labels/)", args.dataset)
