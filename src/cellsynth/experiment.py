@@ -805,7 +805,13 @@ class Experiment:
         return epochs
 
     def _run_row(self, row: Row, epochs: int) -> Iterator[ExperimentProgress]:
-        from cellsynth.segment import evaluate_model, finetune, load_model, read_log
+        from cellsynth.segment import (
+            evaluate_model,
+            finetune,
+            finetune_outputs,
+            load_model,
+            read_log,
+        )
 
         real = [self.pairs[n] for n in row.real]
         if row.curated:
@@ -813,12 +819,12 @@ class Experiment:
         syn = self.synthetic_pairs(row)
         out = self.model_path(row)
         out.parent.mkdir(parents=True, exist_ok=True)
-        if out.exists():  # a stale model of another key: set it aside, never delete it
-            stale = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            for suffix in ("", ".safetensors", ".log.json"):
-                src = out.with_name(out.name + suffix)
-                if src.exists():
-                    src.rename(stale.with_name(stale.name + suffix))
+        # a stale model of another key, or what a killed run left (its work folder): this
+        # experiment's own files, set aside, never deleted
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for src in finetune_outputs(out):
+            if src.exists():
+                src.rename(src.with_name(f"{src.name}.old-{stamp}"))
         t0 = time.perf_counter()
         for p in finetune(real, syn, out, self._settings(row, epochs)):
             yield ExperimentProgress(
