@@ -252,3 +252,30 @@ def test_finetune_on_gowt1_crops_then_evaluate(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert summary["n_images"] == 2
     assert set(summary) >= {"SEG", "AP50", "bPQ"}
+
+
+@pytest.mark.parametrize("existing", ["m.safetensors", "m.log.json", ".m.training"])
+def test_finetune_never_replaces_or_deletes_what_is_beside_its_output(
+    dataset_folder, tmp_path, existing
+):
+    from cellsynth.segment import finetune
+
+    there = tmp_path / existing
+    if existing.endswith(".training"):
+        there.mkdir()
+        (there / "keep.txt").write_text("mine")
+    else:
+        there.write_text("mine")
+    pairs = read_dataset(dataset_folder, require_labels=True).pairs
+    with pytest.raises(CellsynthInputError, match="already exists"):
+        next(finetune(pairs, [], tmp_path / "m"))
+    assert not (tmp_path / "m").exists()
+    kept = there / "keep.txt" if there.is_dir() else there
+    assert kept.read_text() == "mine"
+
+
+def test_segment_refuses_a_one_pixel_image_naming_it():
+    from cellsynth.segment import segment
+
+    with pytest.raises(CellsynthInputError, match=r"tiny\.tif: image of 1×1 px is too small"):
+        segment(None, np.ones((1, 1), np.float32), path="tiny.tif")
