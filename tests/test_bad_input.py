@@ -443,7 +443,7 @@ CASES = [
         "score-a-real-dataset",
         lambda c, o: ["score", _s(c["ds_origin_real"]), "--model", _s(c["model"])],
         "origin_real",
-        "not a synthetic data set",
+        "never writes into a real data set",
     ),
     # ---- learn: refused before any training
     Case(

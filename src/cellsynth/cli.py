@@ -420,10 +420,16 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cellsynth.io import DatasetWriter, read_dataset
-    from cellsynth.outputs import check_synthetic_source
+    from cellsynth.outputs import dataset_origin, is_synthetic_origin
     from cellsynth.segment import load_model, record_quality, score_dataset
 
-    check_synthetic_source(args.dataset)  # scores go into dataset.json: never a user's real set
+    origin = dataset_origin(args.dataset) if args.dataset.is_dir() else None
+    if origin is not None and not is_synthetic_origin(origin):  # scores go into dataset.json
+        raise CellsynthInputError(
+            f"is a data set of origin {origin!r} (dataset.json); score rates synthetic pairs and "
+            "never writes into a real data set's records",
+            args.dataset,
+        )
     ds = read_dataset(args.dataset, require_labels=True, require_images=True)
     if ds.kind != "dataset":
         raise CellsynthInputError("score needs a dataset folder (images/, labels/)", args.dataset)
