@@ -164,7 +164,15 @@ def learn(
             _check_output(out, resume)
             stack.enter_context(folder_lock(out, "bundle folder"))
         accelerator.wait_for_everyone()
-        yield from _learn(pairs, out, settings, accelerator, resume)
+        job = _learn(pairs, out, settings, accelerator, resume)
+        try:
+            for final in job:
+                if final.done:
+                    break
+                yield final
+        finally:
+            job.close()
+    yield final  # after the lock is released: the bundle is complete
 
 
 def _check_output(out: Path, resume: bool) -> None:

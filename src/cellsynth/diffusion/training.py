@@ -386,8 +386,9 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], dict[str, dict[str, t
             raise ValueError(f"unknown format {meta.get('format')!r}")
         tensors = {name: load_tensors(folder / f"{name}.safetensors") for name in meta["models"]}
         tensors["rng"] = load_tensors(folder / "rng.safetensors")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CellsynthInputError(f"damaged training checkpoint ({exc})", folder) from None
+    except Exception as exc:  # json, OSError, safetensors' own error: all mean "damaged"
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CellsynthInputError(f"damaged training checkpoint ({msg})", folder) from None
     return meta, tensors
 
 
