@@ -31,6 +31,7 @@ from cellsynth.diffusion.training import (
     ModelTrainer,
     OptimSettings,
     TrainReport,
+    generator_states,
     make_accelerator,
     read_checkpoint,
     restore,
@@ -295,7 +296,7 @@ def _learn(
 
     def save() -> str | None:
         """Checkpoint, then the bundle (its models are the EMA weights); process 0 writes."""
-        accelerator.wait_for_everyone()
+        rng_states = generator_states(accelerator, gen)  # all processes take part
         if not accelerator.is_main_process:
             return None
         elapsed = elapsed_now[0]
@@ -303,7 +304,7 @@ def _learn(
         ckpts.save(
             step,
             lambda folder: write_checkpoint(
-                folder, trainers, gen, {"elapsed": elapsed, "settings": settings.to_dict()}
+                folder, trainers, rng_states, {"elapsed": elapsed, "settings": settings.to_dict()}
             ),
         )
         bundle.mask_unet = trainers["mask_model"].averaged()

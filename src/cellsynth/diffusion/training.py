@@ -356,13 +356,24 @@ class Checkpoints:
         return final
 
 
+def generator_states(accelerator: Any, generator: torch.Generator) -> list[torch.Tensor]:
+    """Every process's data-generator state (a collective call: all processes take part)."""
+    state = generator.get_state()
+    if accelerator.num_processes == 1:
+        return [state]
+    from accelerate.utils import gather_object
+
+    return [torch.as_tensor(s, dtype=torch.uint8) for s in gather_object([state.tolist()])]
+
+
 def write_checkpoint(
     folder: Path,
     trainers: dict[str, ModelTrainer],
-    generator: torch.Generator,
+    rng_states: list[torch.Tensor],
     extra: dict[str, Any],
 ) -> None:
-    """The state of ``trainers`` and the data generator into ``folder`` (safetensors + JSON)."""
+    """The state of ``trainers`` and each process's data generator (:func:`generator_states`)
+    into ``folder`` (safetensors + JSON)."""
     from cellsynth.io import write_json
 
     models = {}
@@ -370,7 +381,8 @@ def write_checkpoint(
         tensors, meta = tr.state()
         save_tensors(folder / f"{name}.safetensors", tensors)
         models[name] = meta
-    save_tensors(folder / "rng.safetensors", {"data": generator.get_state()})
+    rng = {f"data.{rank}": st for rank, st in enumerate(rng_states)}
+    save_tensors(folder / "rng.safetensors", rng)
     write_json(
         folder / "checkpoint.json",
         {"format": CHECKPOINT_FORMAT, "models": models, **extra},
@@ -402,7 +414,13 @@ def restore(
     try:
         for name, tr in trainers.items():
             tr.load_state(tensors[name], meta["models"][name])
-        generator.set_state(tensors["rng"]["data"])
+        rank = trainers[next(iter(trainers))].accelerator.process_index
+        key = f"data.{rank}"
+        if key in tensors["rng"]:
+            generator.set_state(tensors["rng"][key])
+        else:  # resumed on more processes than the checkpoint was written by
+            generator.set_state(tensors["rng"]["data.0"])
+            generator.manual_seed(int(torch.randint(2**62, (1,), generator=generator)) + rank)
     except (KeyError, ValueError, RuntimeError, TypeError) as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CellsynthInputError(f"damaged training checkpoint ({msg})", folder) from None
