@@ -329,15 +329,8 @@ def _learn(
         save=save,
         elapsed0=elapsed0 + setup,
     )
-    first = not resume or not (out / "bundle.json").exists()
-    if n_proc > 1:  # every process must take the same decision (save() synchronises them)
-        from accelerate.utils import broadcast_object_list
-
-        first = broadcast_object_list([first], from_process=0)[0]
     if resume and accelerator.is_main_process:
         ckpts.clean_orphans()
-    if first:
-        save()  # a bundle exists from the first moment (also if the budget is already spent)
     last = None
     try:
         for r in job:
@@ -350,6 +343,8 @@ def _learn(
     finally:
         job.close()
     assert last is not None
+    if not resume and last.total_steps == 0:
+        save()  # no step fitted in the budget: still leave a (untrained) bundle behind
     if accelerator.is_main_process:
         log.info("saved bundle to %s", out)
     yield _progress(last, 1.0, checkpoint=str(out))
