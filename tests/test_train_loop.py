@@ -154,3 +154,34 @@ def test_tiny_learning_on_the_builtin_data_still_converges(tmp_path):
     reports = list(learn(pairs, tmp_path / "b", s))
     mask = [r.loss for r in reports if r.model == "mask_model"]
     assert np.mean(mask[-10:]) < 0.8 * np.mean(mask[:10])
+
+
+def test_gradient_accumulation_takes_several_batches_per_optimiser_step():
+    from cellsynth.diffusion.core import DiffusionConfig, build_unet
+    from cellsynth.diffusion.training import (
+        ModelTrainer,
+        OptimSettings,
+        make_accelerator,
+        train_loop,
+    )
+
+    cfg = DiffusionConfig(
+        sample_size=16, widths=(8, 16), attention=(False, False), norm_num_groups=4
+    )
+    calls = []
+
+    def batch():
+        calls.append(1)
+        return torch.randn(2, 1, 16, 16), None
+
+    optim = OptimSettings(grad_accumulation=3, warmup=2)
+    tr = ModelTrainer(
+        "m", cfg, build_unet(cfg), make_accelerator("cpu"), optim, target=4, batch=batch
+    )
+    reports = list(train_loop({"m": tr}, torch.Generator().manual_seed(0)))
+    assert len(calls) == 12 and tr.step == 4
+    assert reports[-1].done and reports[-1].fraction == 1.0 and len(reports) == 5
+    assert tr.lr_scheduler.get_last_lr()[0] == pytest.approx(1e-3)  # warm-up over
+    assert tr.ema.optimization_step == 4
+    with pytest.raises(CellsynthInputError, match="mixed precision"):
+        make_accelerator("cpu", "fp8")

@@ -216,9 +216,10 @@ class ModelTrainer:
             x0 = x0.to(acc.device)
             cond = None if cond is None else cond.to(acc.device)
             sync = contextlib.nullcontext() if i == n - 1 else acc.no_sync(self.model)
-            with sync, acc.autocast():
-                loss = diffusion_loss(self.model, self.noise, x0, cond, generator=generator)
-                acc.backward(loss / n)
+            with sync:
+                with acc.autocast():
+                    loss = diffusion_loss(self.model, self.noise, x0, cond, generator=generator)
+                acc.backward(loss / n)  # outside autocast, as torch recommends
             total += loss.detach().float() / n
         if self.optim.max_grad_norm:
             acc.clip_grad_norm_(self.model.parameters(), self.optim.max_grad_norm)
