@@ -8,5 +8,6 @@ data=src/cellsynth/data/dsb2018_nuclei
 cellsynth learn "$data" -o "$out" --minutes 0 --mask-steps 1200 --texture-steps 2400 \
   --tile 64 --seed 0 --device cpu --checkpoint-minutes 5
 rm -rf "$out/training_state"   # optimiser state is only needed to resume; not shipped
+rm -f "$out/.cellsynth.lock"    # the writer's lock file
 du -sh "$out"
 echo "copy with: rm -rf src/cellsynth/data/bundle_dsb2018 && cp -r $out src/cellsynth/data/bundle_dsb2018"

@@ -512,6 +512,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cellsynth {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks")
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and results")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads per process (default: the free cores, shared among processes)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser(
@@ -846,6 +852,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from cellsynth.device import configure_threads
+
+        configure_threads(args.threads)
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"cellsynth {args.command}: interrupted", file=sys.stderr)

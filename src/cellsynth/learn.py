@@ -10,12 +10,12 @@ closed by its consumer (a cancelled GUI job) — and ``resume=True`` continues f
 
 from __future__ import annotations
 
-import copy
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,21 +24,29 @@ import torch
 
 from cellsynth.atlas import build_atlas
 from cellsynth.bundle import GeneratorBundle
-from cellsynth.device import seeded, select_device
-from cellsynth.diffusion.core import (
-    DiffusionConfig,
-    build_unet,
-    diffusion_loss,
-    load_optimizer,
-    make_train_scheduler,
-    save_optimizer,
+from cellsynth.device import seeded
+from cellsynth.diffusion.core import DiffusionConfig, build_unet
+from cellsynth.diffusion.training import (
+    Checkpoints,
+    ModelTrainer,
+    OptimSettings,
+    TrainReport,
+    generator_states,
+    make_accelerator,
+    read_checkpoint,
+    restore,
+    train_loop,
+    write_checkpoint,
 )
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
+from cellsynth.locks import folder_lock
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
 from cellsynth.texture import TextureTiles, texture_config
 
 log = logging.getLogger(__name__)
+
+CHECKPOINTS = "training_state"  # BUNDLE/training_state/checkpoint-<step>/
 
 
 @dataclass
@@ -61,6 +69,8 @@ class LearnSettings:
     seed: int = 0
     checkpoint_minutes: float = 2.0
     device: str = "auto"
+    mixed_precision: str = "no"  # bf16 or fp16: on CUDA only
+    grad_accumulation: int = 1
 
     def use_tiny_models(self) -> None:
         """Tiny widths, batches and tiles: for tests and smoke runs, not for real bundles."""
@@ -92,31 +102,6 @@ class Progress:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class _Trainer:
-    name: str
-    cfg: DiffusionConfig
-    model: Any
-    ema: Any
-    scheduler: Any
-    optimizer: torch.optim.Optimizer
-    step: int = 0
-    target: int = 0
-    losses: list[tuple[int, float]] = field(default_factory=list)
-    running: float = float("nan")
-
-    def fraction(self) -> float:
-        return self.step / max(self.target, 1)
-
-
-def _ema_update(ema: Any, model: Any, decay: float) -> None:
-    with torch.no_grad():
-        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-            pe.lerp_(pm, 1.0 - decay)
-        for be, bm in zip(ema.buffers(), model.buffers(), strict=True):
-            be.copy_(bm)
 
 
 def _check_pairs(pairs: Sequence[Pair]) -> list[Pair]:
@@ -166,17 +151,52 @@ def learn(
     *,
     resume: bool = False,
 ) -> Iterator[Progress]:
-    """Train the mask and texture models on ``pairs`` and save the bundle to ``out``."""
+    """Train the mask and texture models on ``pairs`` and save the bundle to ``out``.
+
+    Under ``accelerate launch`` every process trains on its share of each batch (the batch
+    sizes are global) and process 0 alone writes the bundle and the checkpoints, holding the
+    folder's lock while it does.
+    """
     settings = settings or LearnSettings()
     out = Path(out)
-    if out.exists() and not resume and any(out.iterdir()):
+    accelerator = make_accelerator(settings.device, settings.mixed_precision)
+    with contextlib.ExitStack() as stack:
+        if accelerator.is_main_process:
+            _check_output(out, resume)
+            stack.enter_context(folder_lock(out, "bundle folder"))
+        accelerator.wait_for_everyone()
+        job = _learn(pairs, out, settings, accelerator, resume)
+        try:
+            for final in job:
+                if final.done:
+                    break
+                yield final
+        finally:
+            job.close()
+    yield final  # after the lock is released: the bundle is complete
+
+
+def _check_output(out: Path, resume: bool) -> None:
+    from cellsynth.locks import LOCK_NAME
+
+    if resume:
+        if not (out / CHECKPOINTS).is_dir():
+            raise CellsynthInputError(f"nothing to resume: no {CHECKPOINTS}/ folder", out)
+    elif out.exists() and any(p.name != LOCK_NAME for p in out.iterdir()):
         raise CellsynthInputError(
             "output bundle folder exists and is not empty; choose a new folder or pass --resume",
             out,
         )
-    if resume and not (out / "training_state" / "state.json").exists():
-        raise CellsynthInputError("nothing to resume: no training_state/state.json", out)
-    device = select_device(settings.device)
+
+
+def _learn(
+    pairs: Sequence[Pair],
+    out: Path,
+    settings: LearnSettings,
+    accelerator: Any,
+    resume: bool,
+) -> Iterator[Progress]:
+    n_proc, rank = accelerator.num_processes, accelerator.process_index
     pairs = _check_pairs(pairs)
     t_start = time.monotonic()
     atlas = build_atlas(pairs, crop_size=settings.crop_size)
@@ -184,7 +204,7 @@ def learn(
         raise CellsynthInputError(
             f"only {len(atlas)} usable cell(s) in the training data; annotate a few more"
         )
-    _, gen = seeded(settings.seed)
+    _, gen = seeded(settings.seed if rank == 0 else settings.seed + 1_000_003 * rank)
     torch.manual_seed(settings.seed)
     crops = torch.from_numpy(prepare_mask_crops(atlas.masks, settings.mask_size))
     if settings.tile is None:
@@ -194,39 +214,53 @@ def learn(
         log.info("texture tiles of %s px, batch %s", settings.tile, settings.texture_batch)
     tiles = TextureTiles(*_texture_slices(pairs), atlas.intensity, settings.tile)
 
+    ckpts = Checkpoints(out / CHECKPOINTS)
+    resumed: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
     mcfg = mask_config(settings.mask_size, tuple(settings.mask_widths))
     tcfg = texture_config(tuple(settings.texture_widths), settings.tile)
-    trainers = {}
-    state: dict[str, Any] = {}
     if resume:
-        state = json.loads((out / "training_state" / "state.json").read_text())
-        old = json.loads((out / "bundle.json").read_text())
-        mcfg = DiffusionConfig.from_dict(old["mask_config"])
-        tcfg = DiffusionConfig.from_dict(old["texture_config"])
-    for name, cfg, target in (
-        ("mask_model", mcfg, settings.mask_steps),
-        ("texture_model", tcfg, settings.texture_steps),
-    ):
-        if resume:
-            from diffusers import UNet2DModel
-
-            model = UNet2DModel.from_pretrained(out / "training_state" / name, use_safetensors=True)
-            ema = UNet2DModel.from_pretrained(out / name, use_safetensors=True)
-        else:
-            model = build_unet(cfg)
-            ema = copy.deepcopy(model)
-        model.to(device).train()
-        ema.to(device).eval().requires_grad_(False)
-        opt = torch.optim.AdamW(model.parameters(), lr=settings.lr, weight_decay=0.0)
-        tr = _Trainer(name, cfg, model, ema, make_train_scheduler(cfg), opt, target=target)
-        if resume:
-            meta = load_optimizer(opt, out / "training_state" / f"{name}_optimizer")
-            tr.step = int(meta["step"])
-            tr.losses = [tuple(x) for x in state.get("losses", {}).get(name, [])]
-        trainers[name] = tr
-    elapsed0 = float(state.get("elapsed", 0.0))
-    if resume:
-        gen.manual_seed(settings.seed + sum(t.step for t in trainers.values()))
+        resumed = _find_checkpoint(ckpts, out)
+        if resumed is not None:
+            mcfg = DiffusionConfig.from_dict(resumed[1]["models"]["mask_model"]["config"])
+            tcfg = DiffusionConfig.from_dict(resumed[1]["models"]["texture_model"]["config"])
+        else:  # a bundle from before generation checkpoints (cellsynth <= 0.3)
+            old = GeneratorBundle.read_meta(out)
+            mcfg, tcfg = old.mask_cfg, old.texture_cfg
+    mask_batch_size = _share(settings.mask_batch, n_proc, "mask batch")
+    texture_batch_size = _share(settings.texture_batch, n_proc, "texture batch")
+    optim = OptimSettings(
+        lr=settings.lr,
+        warmup=settings.warmup,
+        ema_decay=settings.ema_decay,
+        grad_accumulation=settings.grad_accumulation,
+    )
+    trainers = {
+        "mask_model": ModelTrainer(
+            "mask_model",
+            mcfg,
+            build_unet(mcfg),
+            accelerator,
+            optim,
+            target=settings.mask_steps,
+            batch=lambda: (mask_batch(crops, mask_batch_size, gen), None),
+        ),
+        "texture_model": ModelTrainer(
+            "texture_model",
+            tcfg,
+            build_unet(tcfg),
+            accelerator,
+            optim,
+            target=settings.texture_steps,
+            batch=lambda: tiles.batch(texture_batch_size, gen),
+        ),
+    }
+    elapsed0 = 0.0
+    if resumed is not None:
+        folder, meta, tensors = resumed
+        restore(folder, trainers, gen, meta, tensors)
+        elapsed0 = float(meta.get("elapsed", 0.0))
+    elif resume:
+        elapsed0 = _restore_legacy(out, trainers, gen, settings.seed)
 
     bundle = GeneratorBundle(
         path=out,
@@ -256,108 +290,150 @@ def learn(
         },
         mask_cfg=mcfg,
         texture_cfg=tcfg,
-        mask_unet=trainers["mask_model"].ema,
-        texture_unet=trainers["texture_model"].ema,
     )
+    device = accelerator.device
+    elapsed_now = [elapsed0]
 
-    def checkpoint() -> str:
-        elapsed = elapsed0 + time.monotonic() - t_start
+    def save() -> str | None:
+        """Checkpoint, then the bundle (its models are the EMA weights); process 0 writes."""
+        rng_states = generator_states(accelerator, gen)  # all processes take part
+        if not accelerator.is_main_process:
+            return None
+        elapsed = elapsed_now[0]
+        step = sum(t.step for t in trainers.values())
+        ckpts.save(
+            step,
+            lambda folder: write_checkpoint(
+                folder, trainers, rng_states, {"elapsed": elapsed, "settings": settings.to_dict()}
+            ),
+        )
+        bundle.mask_unet = trainers["mask_model"].averaged()
+        bundle.texture_unet = trainers["texture_model"].averaged()
         bundle.meta["training"] = {
             name: {"steps": t.step, "final_loss": t.running, "loss_curve": t.losses[-400:]}
             for name, t in trainers.items()
         }
         bundle.meta["training"]["seconds"] = round(elapsed, 1)
         bundle.meta["training"]["device"] = str(device)
+        bundle.meta["training"]["processes"] = n_proc
         bundle.save(out)
-        for name, t in trainers.items():
-            t.model.save_pretrained(out / "training_state" / name, safe_serialization=True)
-            save_optimizer(
-                t.optimizer, out / "training_state" / f"{name}_optimizer", {"step": t.step}
-            )
-        from cellsynth.io import write_json
-
-        write_json(
-            out / "training_state" / "state.json",
-            {
-                "elapsed": elapsed,
-                "losses": {n: t.losses for n, t in trainers.items()},
-                "settings": settings.to_dict(),
-            },
-        )
         return str(out)
 
     budget = settings.minutes * 60.0 if settings.minutes else None
-    last_ckpt = time.monotonic()
-    dirty = False
-    batches = {
-        "mask_model": lambda: (mask_batch(crops, settings.mask_batch, gen).to(device), None),
-        "texture_model": lambda: tuple(
-            b.to(device) for b in tiles.batch(settings.texture_batch, gen)
-        ),
-    }
-    step = sum(t.step for t in trainers.values())
-    try:
-        while True:
-            elapsed = time.monotonic() - t_start
-            todo = [t for t in trainers.values() if t.step < t.target]
-            if not todo or (budget is not None and elapsed >= budget):
-                break
-            tr = min(todo, key=_Trainer.fraction)
-            x0, cond = batches[tr.name]()
-            lr_scale = min(1.0, (tr.step + 1) / max(settings.warmup, 1))
-            for g in tr.optimizer.param_groups:
-                g["lr"] = settings.lr * lr_scale
-            loss = diffusion_loss(tr.model, tr.scheduler, x0, cond, generator=gen)
-            tr.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(tr.model.parameters(), 1.0)
-            tr.optimizer.step()
-            decay = min(settings.ema_decay, (1 + tr.step) / (10 + tr.step))
-            _ema_update(tr.ema, tr.model, decay)
-            tr.step += 1
-            step += 1
-            dirty = True
-            lv = float(loss.detach())
-            if not np.isfinite(lv):
-                raise CellsynthInputError(
-                    f"training diverged ({tr.name} loss is {lv}); try a smaller learning rate"
-                )
-            tr.running = lv if np.isnan(tr.running) else 0.98 * tr.running + 0.02 * lv
-            if tr.step % 10 == 0:
-                tr.losses.append((tr.step, round(tr.running, 5)))
-            ckpt = None
-            if time.monotonic() - last_ckpt > settings.checkpoint_minutes * 60:
-                ckpt = checkpoint()
-                last_ckpt = time.monotonic()
-                dirty = False
-            frac_steps = float(np.mean([min(t.fraction(), 1.0) for t in trainers.values()]))
-            frac = max(frac_steps, elapsed / budget if budget else 0.0)
-            yield Progress(
-                step=step,
-                mask_step=trainers["mask_model"].step,
-                texture_step=trainers["texture_model"].step,
-                mask_target=trainers["mask_model"].target,
-                texture_target=trainers["texture_model"].target,
-                model=tr.name,
-                loss=lv,
-                elapsed=elapsed0 + elapsed,
-                fraction=min(frac, 1.0),
-                checkpoint=ckpt,
-            )
-    finally:
-        if dirty or not (out / "bundle.json").exists():
-            checkpoint()
-            log.info("saved bundle to %s", out)
-    yield Progress(
-        step=step,
-        mask_step=trainers["mask_model"].step,
-        texture_step=trainers["texture_model"].step,
-        mask_target=trainers["mask_model"].target,
-        texture_target=trainers["texture_model"].target,
-        model="",
-        loss=float("nan"),
-        elapsed=elapsed0 + time.monotonic() - t_start,
-        fraction=1.0,
-        checkpoint=str(out),
-        done=True,
+    setup = time.monotonic() - t_start
+    job = train_loop(
+        trainers,
+        gen,
+        budget_s=None if budget is None else max(budget - setup, 0.0),
+        checkpoint_s=settings.checkpoint_minutes * 60,
+        save=save,
+        elapsed0=elapsed0 + setup,
     )
+    if resume and accelerator.is_main_process:
+        ckpts.clean_orphans()
+    last = None
+    try:
+        for r in job:
+            elapsed_now[0] = r.elapsed
+            last = r
+            if r.done:
+                break
+            frac = max(r.fraction, (r.elapsed - elapsed0) / budget if budget else 0.0)
+            yield _progress(r, min(frac, 1.0))
+    finally:
+        job.close()
+    assert last is not None
+    if not resume and last.total_steps == 0:
+        save()  # no step fitted in the budget: still leave a (untrained) bundle behind
+    if accelerator.is_main_process:
+        log.info("saved bundle to %s", out)
+    yield _progress(last, 1.0, checkpoint=str(out))
+
+
+def _progress(r: TrainReport, fraction: float, checkpoint: str | None = None) -> Progress:
+    return Progress(
+        step=r.total_steps,
+        mask_step=r.steps["mask_model"],
+        texture_step=r.steps["texture_model"],
+        mask_target=r.targets["mask_model"],
+        texture_target=r.targets["texture_model"],
+        model=r.model,
+        loss=r.loss,
+        elapsed=r.elapsed,
+        fraction=fraction,
+        checkpoint=checkpoint or r.checkpoint,
+        done=r.done,
+    )
+
+
+def _share(batch: int, n_proc: int, what: str) -> int:
+    """Each process's part of a global batch."""
+    if batch % n_proc:
+        raise CellsynthInputError(
+            f"the {what} ({batch}) must be a multiple of the number of processes ({n_proc})"
+        )
+    return batch // n_proc
+
+
+def _find_checkpoint(
+    ckpts: Checkpoints, out: Path
+) -> tuple[Path, dict[str, Any], dict[str, Any]] | None:
+    """The newest complete checkpoint, read; a damaged one is named with the previous one."""
+    found = ckpts.complete()
+    if not found:
+        if (out / CHECKPOINTS / "state.json").exists() and _is_legacy(out):
+            return None
+        raise CellsynthInputError(
+            f"nothing to resume: no complete checkpoint in {CHECKPOINTS}/", out
+        )
+    try:
+        meta, tensors = read_checkpoint(found[0])
+    except CellsynthInputError as exc:
+        hint = (
+            f"; the previous one is {found[1]} (delete the damaged folder to resume from it)"
+            if len(found) > 1
+            else ""
+        )
+        raise CellsynthInputError(f"{exc}{hint}") from None
+    return found[0], meta, tensors
+
+
+def _is_legacy(out: Path) -> bool:
+    try:
+        state = json.loads((out / CHECKPOINTS / "state.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(state, dict) and "format" not in state and "losses" in state
+
+
+def _restore_legacy(out: Path, trainers: dict[str, Any], gen: torch.Generator, seed: int) -> float:
+    """Resume from the training_state/ of cellsynth <= 0.3 (raw weights + optimiser folders)."""
+    from diffusers import UNet2DModel
+
+    from cellsynth.diffusion.core import load_optimizer
+
+    root = out / CHECKPOINTS
+    try:
+        state = json.loads((root / "state.json").read_text())
+        for name, tr in trainers.items():
+            raw = UNet2DModel.from_pretrained(
+                root / name, use_safetensors=True, local_files_only=True
+            )
+            tr.unet.load_state_dict(raw.state_dict())
+            ema = UNet2DModel.from_pretrained(
+                out / name, use_safetensors=True, local_files_only=True
+            )
+            tr.ema.shadow_params = [
+                p.detach().clone().to(tr.accelerator.device) for p in ema.parameters()
+            ]
+            meta = load_optimizer(tr.optimizer, root / f"{name}_optimizer")
+            tr.step = int(meta["step"])
+            tr.ema.optimization_step = tr.step
+            for _ in range(tr.step):
+                tr.lr_scheduler.step()
+            tr.losses = [tuple(x) for x in state.get("losses", {}).get(name, [])]
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CellsynthInputError(f"damaged training state ({msg})", root) from None
+    gen.manual_seed(seed + sum(t.step for t in trainers.values()))
+    return float(state.get("elapsed", 0.0))

@@ -15,7 +15,6 @@ slice, the texture model the annotated slices), three things are fitted to the 3
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -25,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from cellsynth.bundle import MULTIVIEW
 from cellsynth.device import select_device
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, count_cells, require_3d, write_json
+from cellsynth.io import Pair, count_cells, require_3d
 from cellsynth.learn import LearnSettings, Progress, learn
+from cellsynth.locks import folder_lock
 
 log = logging.getLogger(__name__)
 
@@ -212,14 +213,16 @@ def learn_3d(
         "z_ratios_measured": len(ratios),
         "cells_cut_by_stack": n_cut,
     }
-    mv.save(out / "multiview_model")
+    with folder_lock(out, "bundle folder"):
+        mv.save(out / MULTIVIEW)
 
     # 2. rho
+    from cellsynth.bundle import Calibration3D
+
     bundle = GeneratorBundle.load(out, device=select_device(settings.device))
     dense = [p for p in pairs if not p.annotated_slices]
     corrs = [slice_correlation(p.image, p.labels) for p in dense]
     corrs = [c for c in corrs if np.isfinite(c)]
-    meta = json.loads((out / "bundle.json").read_text())
     if corrs:
         real = float(np.mean(corrs))
         texture3d = calibrate_rho(
@@ -228,21 +231,22 @@ def learn_3d(
     else:
         texture3d = {"rho": None, "note": "no densely annotated stack: rho not calibrated"}
 
-    # 3. density and metadata
+    # 3. density and metadata, through the bundle (it owns bundle.json)
     n_cells = sum(count_cells(p.labels) for p in pairs)
     voxels = sum(p.labels.size for p in pairs)
-    meta["voxel_size"] = list(vs)
-    meta["cells"]["density_3d"] = n_cells / max(voxels, 1)
-    meta["shape_prior"] = {
-        **prior.to_dict(),
-        "z_ratios": [round(float(r), 4) for r in ratios],
-        "cells_cut_by_stack": n_cut,
-    }
-    if texture3d.get("rho") is not None:
-        meta["texture3d"] = texture3d
-    meta["settings_3d"] = {**s3.to_dict(), "voxel_size": list(vs)}
-    meta["training"]["seconds_3d"] = round(time.monotonic() - t0, 1)
-    write_json(out / "bundle.json", meta)
+    cal = Calibration3D(
+        shape_prior={
+            **prior.to_dict(),
+            "z_ratios": [round(float(r), 4) for r in ratios],
+            "cells_cut_by_stack": n_cut,
+        },
+        texture3d=texture3d if texture3d.get("rho") is not None else None,
+        settings_3d={**s3.to_dict(), "voxel_size": list(vs)},
+        seconds=round(time.monotonic() - t0, 1),
+    )
+    bundle.set_calibration_3d(cal, list(vs), n_cells / max(voxels, 1))
+    with folder_lock(out, "bundle folder"):
+        bundle.save_meta()
     yield Progress(
         step=last.step + steps,
         mask_step=last.mask_step,

@@ -229,44 +229,26 @@ def correlated_noise(
 
 
 def save_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path, extra: dict) -> None:
-    """Save an optimiser's tensors as safetensors and the rest as JSON (never pickle)."""
-    from safetensors.torch import save_file
+    """Save an optimiser's tensors as safetensors and the rest as JSON (never pickle).
 
+    Each file is written to a unique temporary name in ``folder`` and renamed.
+    """
+    from cellsynth.diffusion.training import optimizer_state, save_tensors
     from cellsynth.io import write_json
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = optimizer.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, Any] = {}
-    for pid, st in sd["state"].items():
-        for k, v in st.items():
-            if isinstance(v, torch.Tensor):
-                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
-            else:
-                scalars[f"{pid}.{k}"] = v
-    tmp = folder / "optimizer.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    tmp.replace(folder / "optimizer.safetensors")
-    write_json(
-        folder / "optimizer.json", {"param_groups": sd["param_groups"], "scalars": scalars, **extra}
-    )
+    tensors, meta = optimizer_state(optimizer)
+    save_tensors(folder / "optimizer.safetensors", tensors)
+    write_json(folder / "optimizer.json", {**meta, **extra})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, folder: str | Path) -> dict:
-    from safetensors.torch import load_file
+    from cellsynth.diffusion.training import load_optimizer_state, load_tensors
 
     folder = Path(folder)
     meta = json.loads((folder / "optimizer.json").read_text())
-    tensors = load_file(str(folder / "optimizer.safetensors"))
-    state: dict[int, dict[str, Any]] = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_optimizer_state(optimizer, load_tensors(folder / "optimizer.safetensors"), meta)
     return meta
 
 

@@ -15,10 +15,8 @@ Masks are centred on their centroid and scaled so that their farthest pixel lies
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -32,7 +30,6 @@ from cellsynth.diffusion.core import (
     DiffusionConfig,
     build_unet,
     ddim_sample,
-    diffusion_loss,
     make_sampler,
     make_train_scheduler,
     to_numpy,
@@ -259,42 +256,44 @@ def train_multiview(
 ) -> Iterator[MultiviewProgress]:
     """Train (or refine) ``model`` in place on silhouettes of its prior; yields progress.
 
-    The model's weights become the EMA of the training weights when the loop ends (also when
-    the consumer stops early).
+    Runs :func:`cellsynth.diffusion.training.train_loop` (the loop of the mask and texture
+    models). The model's weights become the EMA of the training weights when the loop ends
+    (also when the consumer stops early).
     """
-    from cellsynth.learn import _ema_update
+    from cellsynth.diffusion.training import (
+        ModelTrainer,
+        OptimSettings,
+        make_accelerator,
+        train_loop,
+    )
 
     if steps < 1:
         raise CellsynthInputError(f"multiview training steps must be >= 1, got {steps}")
-    from cellsynth.device import select_device
-
-    device = select_device(device)
+    accelerator = make_accelerator(device)
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(seed)
     if pool is None:  # enough shapes that a batch rarely repeats, few for short refinements
         pool = int(np.clip(steps * batch_size // 4, 64, 2048))
     data = PriorViews(model.prior, model.views, model.res, pool, rng)
-    net = model.unet.to(device).train().requires_grad_(True)
-    ema = copy.deepcopy(net).eval().requires_grad_(False)
-    sched = make_train_scheduler(model.cfg)
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
-    t0 = time.monotonic()
-    running = float("nan")
-    step = 0
+    per_process = max(1, batch_size // accelerator.num_processes)
+
+    def batch() -> tuple[torch.Tensor, torch.Tensor]:
+        if (trainer.step + 1) % refresh_every == 0:
+            data.refresh()
+        return data.batch(per_process, gen)
+
+    optim = OptimSettings(
+        lr=lr, warmup=0, weight_decay=1e-4, ema_decay=ema_decay, max_grad_norm=None
+    )
+    trainer = ModelTrainer(
+        "multiview_model", model.cfg, model.unet, accelerator, optim, target=steps, batch=batch
+    )
     try:
-        for step in range(1, steps + 1):
-            if step % refresh_every == 0:
-                data.refresh()
-            x0, cond = data.batch(batch_size, gen)
-            loss = diffusion_loss(net, sched, x0.to(device), cond.to(device), generator=gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            _ema_update(ema, net, min(ema_decay, (1 + step) / (10 + step)))
-            v = float(loss.detach())
-            running = v if running != running else 0.95 * running + 0.05 * v
-            yield MultiviewProgress(step, steps, running, time.monotonic() - t0, step == steps)
+        for r in train_loop({"multiview_model": trainer}, gen):
+            if r.done:
+                break
+            yield MultiviewProgress(r.step, steps, r.running, r.elapsed, r.step == steps)
     finally:
-        model.unet = ema
+        model.unet = trainer.averaged()
         model.meta = dict(model.meta or {})
-        model.meta["training_steps"] = int(model.meta.get("training_steps", 0)) + step
+        model.meta["training_steps"] = int(model.meta.get("training_steps", 0)) + trainer.step
