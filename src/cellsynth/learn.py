@@ -36,6 +36,7 @@ from cellsynth.diffusion.core import (
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
+from cellsynth.metrics import layout_summary
 from cellsynth.texture import TextureTiles, texture_config
 
 log = logging.getLogger(__name__)
@@ -251,6 +252,8 @@ def learn(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),
                 "median_area": float(np.median(atlas.table["area"])),
+                # optional key (synthesize reads it with a default): placement reproduces it
+                "touching_fraction": layout_summary(_texture_slices(pairs)[1])["touching_fraction"],
             },
             "settings": settings.to_dict(),
         },
