@@ -82,7 +82,7 @@ def test_style_vectors_of_a_cellpose_model_are_per_tile():
 
     model = load_model(None, device="cpu")
     imgs = [_scene(s)[0] for s in range(2)]
-    v = style_vectors(model, imgs, tile=64)
+    v = style_vectors(model, imgs, tile=64, stride=64)
     assert v.shape == (2 * 4, 256) and np.isfinite(v).all()
     assert frechet_distance(v, v) == pytest.approx(0.0, abs=1e-6)
 

@@ -634,10 +634,16 @@ def image_tiles(images: Sequence[np.ndarray], tile: int, stride: int | None = No
 
 
 def style_vectors(
-    model: Any, images: Sequence[np.ndarray], *, tile: int = 128, batch: int = 16
+    model: Any,
+    images: Sequence[np.ndarray],
+    *,
+    tile: int = 96,
+    stride: int | None = None,
+    batch: int = 16,
 ) -> np.ndarray:
     """Cellpose style vectors (the network's 256-d global summary, as in Cellpose's own
-    style-based size model) of tiles of 2D images, shape (N, 256).
+    style-based size model) of tiles of 2D images (``tile`` px every ``stride``, default half a
+    tile, after rescaling), shape (N, 256).
 
     ``model`` is a ``cellpose.models.CellposeModel`` (e.g. ``cellsynth.segment.load_model`` of a
     model trained on the user's real data). Each image is normalised as Cellpose does (1st-99th
@@ -657,7 +663,7 @@ def style_vectors(
         if abs(scale - 1.0) > 1e-3:
             x = rescale(x, scale, order=1, preserve_range=True, anti_aliasing=scale < 1)
         prepared.append(x.astype(np.float32))
-    tiles = image_tiles(prepared, tile)
+    tiles = image_tiles(prepared, tile, stride or tile // 2)
     nchan = int(getattr(model, "nchan", 2) or 2)
     styles = []
     net.eval()
@@ -789,3 +795,16 @@ def classifier_two_sample_test(
     acc = float(((logits.cpu().numpy() > 0) == (yte > 0.5)).mean())
     half = 1.96 * 0.5 / np.sqrt(len(yte))
     return TwoSampleTest(acc, len(ytr), len(yte), (0.5 - half, 0.5 + half))
+
+
+def background_summary(
+    images: Sequence[np.ndarray], label_images: Sequence[np.ndarray]
+) -> dict[str, float]:
+    """Median over images of :func:`background_stats` (what a bundle records of its data)."""
+    stats = [background_stats(i, lab) for i, lab in zip(images, label_images, strict=True)]
+    out = {}
+    for k in BACKGROUND_FEATURES:
+        v = np.asarray([s[k] for s in stats], np.float64)
+        v = v[np.isfinite(v)]
+        out[k] = float(np.median(v)) if v.size else float("nan")
+    return out

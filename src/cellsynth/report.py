@@ -169,11 +169,19 @@ def _relative(pairs: Sequence[Pair]) -> list[np.ndarray]:
 
 
 def realism_summary(
-    real: Sequence[Pair], synthetic: Sequence[Pair], seed: int = 0
+    real: Sequence[Pair],
+    synthetic: Sequence[Pair],
+    seed: int = 0,
+    *,
+    texture: bool = True,
+    two_sample: bool = False,
+    cellpose_model: Any = None,
 ) -> dict[str, Any]:
     """Synthetic-to-real distances next to real-to-real ones (two disjoint halves of the real set).
 
-    Real-to-real needs at least two real images; the halves are a seeded random split.
+    Real-to-real needs at least two real images; the halves are a seeded random split. With
+    ``texture`` the 2D report of :func:`texture_realism` is added under ``"texture"`` (with its
+    two-sample test and style distance when asked for).
     """
     real_t = tables_of(real)
     synth_t = tables_of(synthetic)
@@ -187,6 +195,10 @@ def realism_summary(
     if len(real) >= 2:
         a, b = half_split(real, seed)
         out["real_to_real"] = realism_distances(tables_of(a), tables_of(b))
+    if texture:
+        out["texture"] = texture_realism(
+            real, synthetic, seed=seed, cellpose_model=cellpose_model, two_sample=two_sample
+        )
     return out
 
 

@@ -27,7 +27,7 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
 from cellsynth.population import Population, cells_for_canvas, place_cells, touch_prob
-from cellsynth.texture import match_cell_brightness, paint
+from cellsynth.texture import match_background, match_cell_brightness, paint
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ class SynthesisParams:
     size_factor: float = 1.0  # scale the cell sizes drawn from the training data
     rho: float | None = None  # 3D: slice noise correlation (None: the bundle's, from its data)
     voxel_size: tuple[float, ...] | None = None  # 3D: (z, y, x); None: the bundle's
-    # "data": each cell's mean brightness drawn from the training cells (bundles that record
-    # them); "model": as the texture model paints it
+    # "data": each cell's mean brightness drawn from the training cells, and the training
+    # images' camera noise and uneven illumination added (bundles that record them);
+    # "model": as the texture model paints it
     brightness: str = "data"
 
     @property
@@ -122,6 +123,17 @@ class Synthesizer:
             image, labels, targets, self.bundle.intensity.background_mean, rng
         )
         return out, "data"
+
+    def background(
+        self, image: np.ndarray, labels: np.ndarray, params: SynthesisParams
+    ) -> np.ndarray:
+        """Camera noise and uneven illumination of the training images (``brightness ==
+        "data"``, bundles that record them in their optional ``background`` key)."""
+        target = self.bundle.meta.get("background")
+        if params.brightness != "data" or not target:
+            return image
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(2)[1])
+        return match_background(image, labels, target, rng)
 
     def cell_masks(
         self,
@@ -197,6 +209,7 @@ class Synthesizer:
             device=self.device,
         )
         image, brightness = self.brightness(image, pop.labels, params)
+        image = self.background(image, pop.labels, params)
         t3 = time.perf_counter()
         log.debug("masks and population %.2fs, texture %.2fs", t1 - t0, t3 - t2)
         info = asdict(params)
