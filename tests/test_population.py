@@ -144,3 +144,13 @@ def test_without_touching_no_cell_is_within_two_pixels():
 def test_bad_touching_probability_is_refused():
     with pytest.raises(CellsynthInputError, match="touching"):
         place_cells([_disk(4)], (64, 64), touch_prob=1.5, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("density_factor", 0.0), ("density_factor", -2.0), ("touching", 1.5)]
+)
+def test_bad_density_factor_or_touching_fraction_is_refused(field, value):
+    from cellsynth.synthesize import SynthesisParams
+
+    with pytest.raises(CellsynthInputError, match=field.replace("_", "-")):
+        SynthesisParams(**{field: value}).validate()
