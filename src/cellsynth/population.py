@@ -76,7 +76,7 @@ def place_cells(
         rows[f"centroid_{a}"] = []
     struct = ndimage.generate_binary_structure(nd, 1)
 
-    def _add(centre, corner, *, clustered=False, touch=False) -> None:
+    def _add(m, grown, half, centre, corner, *, clustered=False, touch=False) -> None:
         lab = len(rows["label"]) + 1
         area = _paste(labels, m, corner, lab)
         _paste(occupied, grown, corner - gap, True)
@@ -104,10 +104,10 @@ def place_cells(
         free_axes = np.array([n > s for n, s in zip(shape, m.shape, strict=True)], float)
         if not free_axes.any():
             free_axes[:] = 1.0
-        placed = None
+        contact = None
         if touch:
             lonely = [j for j, t in enumerate(rows["touching"]) if not t]
-            placed = _contact(
+            contact = _contact(
                 labels,
                 m,
                 centres,
@@ -118,11 +118,11 @@ def place_cells(
                 max_tries // 2,
                 min_inside,
             )
-        if placed is not None:
-            centre, partner = placed
+        if contact is not None:
+            centre, partner = contact
             corner = np.rint(centre - half).astype(int)
             rows["touching"][partner] = True
-            _add(centre, corner, touch=True)
+            _add(m, grown, half, centre, corner, touch=True)
             continue
         for attempt in range(max_tries):
             if clustered and attempt >= max_tries // 2:
@@ -140,7 +140,7 @@ def place_cells(
                 centre = rng.uniform(0, 1, nd) * np.array(shape)
             corner = np.rint(centre - half).astype(int)
             if _fits(occupied, grown, corner - gap, m, corner, min_inside):
-                _add(centre, corner, clustered=clustered)
+                _add(m, grown, half, centre, corner, clustered=clustered)
                 break
     placed = len(rows["label"])
     if placed < len(masks):
