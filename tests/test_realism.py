@@ -110,3 +110,19 @@ def test_relative_images_put_background_at_zero_and_cells_near_one():
     rel = relative_image(7.0 * img + 50.0, lab)
     assert abs(np.median(rel[lab == 0])) < 0.05
     assert 0.8 < np.median(rel[lab > 0]) < 1.2
+
+
+def test_shared_boundary_tells_a_continuous_texture_from_a_dark_seam():
+    from cellsynth.metrics import shared_boundaries
+
+    lab = np.zeros((40, 60), np.uint16)
+    lab[10:30, 10:30] = 1
+    lab[10:30, 30:50] = 2
+    img = 10.0 + 100.0 * (lab > 0)
+    assert shared_boundaries(img, lab) == pytest.approx([1.0])
+    seam = img.copy()
+    seam[10:30, 29:31] = 30.0
+    assert shared_boundaries(seam, lab)[0] < 0.5
+    apart = lab.copy()
+    apart[:, 30] = 0
+    assert shared_boundaries(img, apart).size == 0

@@ -537,6 +537,48 @@ def texture_table(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray
     return out
 
 
+def shared_boundaries(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Brightness where two cells meet, one value per pair of adjacent cells: (mean of the
+    pixels of either cell next to the other - background) / (mean of both cells - background).
+    About 1: the texture runs across the shared boundary; well below 1: a dark seam between
+    them (as when two nuclei only touch)."""
+    from scipy import ndimage
+
+    img = np.asarray(image, np.float64)
+    lab = np.asarray(labels).astype(np.int64)
+    pairs = touching_pairs(lab, 1.0)
+    if not pairs.size:
+        return np.zeros(0)
+    bg = float(np.median(_background_level(img, lab)))
+    ids = np.unique(lab[lab > 0])
+    means = dict(zip(ids.tolist(), np.asarray(ndimage.mean(img, lab, ids)).tolist(), strict=True))
+    sizes = dict(zip(ids.tolist(), np.bincount(lab.ravel())[ids].tolist(), strict=True))
+    # for each pixel, the labels of its 4-neighbours that differ from its own
+    seam_sum: dict[tuple[int, int], float] = {}
+    seam_n: dict[tuple[int, int], int] = {}
+    for axis in range(lab.ndim):
+        for step in (1, -1):
+            other = np.roll(lab, step, axis)
+            edge = [slice(None)] * lab.ndim
+            edge[axis] = 0 if step == 1 else -1
+            other[tuple(edge)] = 0
+            sel = (lab > 0) & (other > 0) & (other != lab)
+            a, b = lab[sel], other[sel]
+            for i, j, v in zip(np.minimum(a, b), np.maximum(a, b), img[sel], strict=True):
+                key = (int(i), int(j))
+                seam_sum[key] = seam_sum.get(key, 0.0) + float(v)
+                seam_n[key] = seam_n.get(key, 0) + 1
+    out = []
+    for i, j in pairs.tolist():
+        n = seam_n.get((i, j), 0)
+        if not n:
+            continue
+        inside = (means[i] * sizes[i] + means[j] * sizes[j]) / (sizes[i] + sizes[j]) - bg
+        if inside > 0:
+            out.append((seam_sum[(i, j)] / n - bg) / inside)
+    return np.asarray(out, np.float64)
+
+
 def _nearest_cell(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every pixel, the label of the nearest cell pixel and the distance to it."""
     from scipy import ndimage

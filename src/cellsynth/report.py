@@ -19,6 +19,7 @@ from cellsynth.metrics import (
     layout_table,
     realism_distances,
     relative_image,
+    shared_boundaries,
     style_vectors,
     texture_table,
 )
@@ -67,7 +68,8 @@ def halves_distances(
 
 def look_tables(pairs: Sequence[Pair]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Per-cell texture and layout features (one row per cell of every 2D image or annotated
-    slice) and per-image background features (one row per image), all scale-free."""
+    slice; ``shared_boundary`` one per pair of adjacent cells) and per-image background
+    features (one row per image), all scale-free."""
     cells: dict[str, list[np.ndarray]] = {}
     images: dict[str, list[float]] = {k: [] for k in BACKGROUND_FEATURES}
     for p in pairs:
@@ -76,6 +78,7 @@ def look_tables(pairs: Sequence[Pair]) -> tuple[dict[str, np.ndarray], dict[str,
             lay = layout_table(lab)
             t["touching"] = lay["touching"].astype(np.float64)
             t["nn_ratio"] = lay["nn_ratio"]
+            t["shared_boundary"] = shared_boundaries(img, lab)  # one per pair of adjacent cells
             for k, v in t.items():
                 cells.setdefault(k, []).append(np.asarray(v, np.float64))
             for k, v in background_stats(img, lab).items():
@@ -103,6 +106,7 @@ LOOK_SUMMARY = (
     "edge_contrast",
     "edge_gradient",
     "radial_profile",
+    "shared_boundary",
     "brightness_spread",
     "background_noise",
     "illumination",
@@ -135,7 +139,7 @@ def texture_realism(
     a, b = half_split(real, seed) if len(real) >= 2 else (list(real), list(real))
     look_r, look_a, look_b = look_tables(real), look_tables(a), look_tables(b)
     look_s = look_tables(synthetic)
-    feats = [*TEXTURE_FEATURES, "nn_ratio"]
+    feats = [*TEXTURE_FEATURES, "nn_ratio", "shared_boundary"]
     r2r, s2r = halves_distances(look_a[0], look_b[0], look_s[0], feats)
     out: dict[str, Any] = {
         "synthetic_vs_real": look_ratios(look_r, look_s),
