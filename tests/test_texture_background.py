@@ -35,3 +35,26 @@ def test_an_image_noisier_than_the_target_is_left_alone():
     noisy = (img + np.random.default_rng(2).normal(0, 40, img.shape)).astype(np.uint16)
     out = match_background(noisy, lab, {"background_noise": 0.01}, np.random.default_rng(3))
     np.testing.assert_array_equal(out, noisy)
+
+
+def _cv_of_cells(img, lab, background):
+    c = np.array([img[lab == i].mean() - background for i in range(1, int(lab.max()) + 1)])
+    return c.std() / c.mean()
+
+
+def test_brightness_spread_keeps_one_frame_from_mixing_exposures():
+    from cellsynth.texture import match_cell_brightness
+
+    rng = np.random.default_rng(0)
+    lab = np.zeros((200, 200), np.uint16)
+    for k, (y, x) in enumerate((y, x) for y in range(15, 200, 30) for x in range(15, 200, 30)):
+        lab[y - 8 : y + 8, x - 8 : x + 8] = k + 1
+    img = np.where(lab > 0, 300.0, 100.0)
+    # two exposures pooled: frames of cells at ~200 and frames at ~1000 above the background
+    targets = 100.0 + np.concatenate([rng.normal(200, 20, 200), rng.normal(1000, 100, 200)])
+    mixed, _ = match_cell_brightness(img, lab, targets, 100.0, np.random.default_rng(1))
+    one, _ = match_cell_brightness(
+        img, lab, targets, 100.0, np.random.default_rng(1), spread=0.1, sigma=0
+    )
+    assert _cv_of_cells(mixed, lab, 100.0) > 0.5
+    assert 0.05 < _cv_of_cells(one, lab, 100.0) < 0.2

@@ -181,6 +181,7 @@ def match_cell_brightness(
     *,
     sigma: float = 1.5,
     max_factor: float = 8.0,
+    spread: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Give each cell a mean brightness drawn from ``targets`` (the training cells' means).
 
@@ -189,6 +190,12 @@ def match_cell_brightness(
     ``background`` is scaled so that its mean becomes a value drawn from ``targets``; the
     per-cell factors are smoothed in-plane (``sigma`` px) so boundaries carry no step. The
     texture inside a cell is kept (scaled). Returns the image (same dtype) and the factors.
+
+    ``targets`` pools the cells of many frames, each with its own exposure, so independent
+    draws mix them in one frame. With ``spread`` (the training frames' median coefficient of
+    variation of cell contrasts) the frame gets one typical contrast (the median of as many
+    draws as it has cells) and each cell's contrast deviates from it by ``spread`` times a
+    standardised draw from the pool, so the shape of the pool is kept within a frame.
     """
     from scipy import ndimage
 
@@ -202,6 +209,11 @@ def match_cell_brightness(
     img = np.asarray(image, dtype=np.float64)
     means = np.asarray(ndimage.mean(img, lab, ids), dtype=np.float64)
     want = rng.choice(targets, size=ids.size, replace=True)
+    pool = targets - background
+    if spread is not None and np.isfinite(spread) and spread > 0 and pool.std() > 0:
+        anchor = float(np.median(pool[rng.integers(0, pool.size, ids.size)]))
+        z = (want - background - pool.mean()) / pool.std()
+        want = background + anchor * np.maximum(1.0 + spread * z, 0.1)
     contrast = means - background
     ok = contrast > 1e-6 * max(abs(background), 1.0)
     factors = np.ones(ids.size)
