@@ -149,3 +149,33 @@ def test_realism_distance_is_zero_for_the_same_table_and_grows_with_shift():
     assert same["mean"]["w1"] == 0.0
     assert shifted["area"]["w1"] == pytest.approx(2.0, rel=0.05)
     assert shifted["area"]["ks"] > 0.5
+
+
+def test_touching_pairs_are_cells_within_two_pixels():
+    from cellsynth.metrics import layout_table, touching_pairs
+
+    lab = np.zeros((40, 60), np.uint16)
+    lab[5:15, 5:15] = 1
+    lab[5:15, 15:25] = 2  # adjacent to 1
+    lab[5:15, 26:35] = 3  # one background column from 2 (distance 2)
+    lab[5:15, 37:45] = 4  # two background columns from 3 (distance 3): apart
+    lab[25:35, 50:58] = 5  # alone
+    assert touching_pairs(lab).tolist() == [[1, 2], [2, 3]]
+    t = layout_table(lab)
+    assert t["touching"].tolist() == [True, True, True, False, False]
+    assert np.all(np.isfinite(t["nn_ratio"])) and np.all(t["nn_ratio"] > 0)
+
+
+def test_layout_summary_density_and_touching_fraction():
+    from cellsynth.metrics import layout_summary
+
+    lab = np.zeros((50, 50), np.uint16)
+    lab[0:10, 0:10] = 1
+    lab[0:10, 10:20] = 2
+    lab[30:40, 30:40] = 3
+    lab[40:50, 0:10] = 4
+    s = layout_summary([lab, np.zeros((50, 50), np.uint16)])
+    assert s["n_cells"] == 4
+    assert s["touching_fraction"] == pytest.approx(0.5)
+    assert s["density"] == pytest.approx(4 / 5000)
+    assert s["cells_per_median_area"] == pytest.approx(4 / 5000 * 100)

@@ -91,3 +91,66 @@ def test_cells_taller_than_a_thin_stack_are_still_placed():
     assert pop.n_cells == 3
     for i in (1, 2, 3):
         assert (pop.labels == i).any(axis=(1, 2)).sum() == 5
+
+
+def _touching_fraction(labels) -> float:
+    from cellsynth.metrics import layout_table
+
+    return float(layout_table(labels)["touching"].mean())
+
+
+def test_touching_cells_meet_without_gap_or_overlap():
+    rng = np.random.default_rng(0)
+    masks = [_disk(int(r)) for r in rng.integers(5, 9, 30)]
+    pop = place_cells(masks, (256, 256), touch_prob=1.0, rng=rng)
+    lab = pop.labels
+    assert pop.n_cells == 30
+    for i in range(1, pop.n_cells + 1):
+        assert ndimage.label(lab == i)[1] == 1  # nothing was pasted over another cell
+    # every cell meets another: its 8-connected ring holds another label
+    ring = np.ones((3, 3), bool)
+    met = [
+        bool(set(np.unique(lab[ndimage.binary_dilation(lab == i, ring)])) - {0, i})
+        for i in range(1, pop.n_cells + 1)
+    ]
+    assert np.mean(met) > 0.9
+    assert _touching_fraction(lab) == 1.0
+    assert pop.table["touching"].sum() >= pop.n_cells - 1
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.3])
+def test_touch_prob_for_a_fraction_reproduces_it(fraction):
+    from cellsynth.population import touch_prob
+
+    rng = np.random.default_rng(3)
+    got = []
+    for _ in range(4):
+        masks = [_disk(int(r)) for r in rng.integers(5, 9, 40)]
+        got.append(
+            _touching_fraction(
+                place_cells(masks, (300, 300), touch_prob=touch_prob(fraction), rng=rng).labels
+            )
+        )
+    assert abs(np.mean(got) - fraction) < 0.08
+
+
+def test_without_touching_no_cell_is_within_two_pixels():
+    rng = np.random.default_rng(2)
+    masks = [_disk(int(r)) for r in rng.integers(5, 9, 40)]
+    pop = place_cells(masks, (256, 256), cluster_prob=1.0, rng=rng)
+    assert _touching_fraction(pop.labels) == 0.0
+
+
+def test_bad_touching_probability_is_refused():
+    with pytest.raises(CellsynthInputError, match="touching"):
+        place_cells([_disk(4)], (64, 64), touch_prob=1.5, rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("density_factor", 0.0), ("density_factor", -2.0), ("touching", 1.5)]
+)
+def test_bad_density_factor_or_touching_fraction_is_refused(field, value):
+    from cellsynth.synthesize import SynthesisParams
+
+    with pytest.raises(CellsynthInputError, match=field.replace("_", "-")):
+        SynthesisParams(**{field: value}).validate()

@@ -244,6 +244,8 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         size=tuple(args.size),
         cells=args.cells,
         cluster_prob=args.cluster_prob,
+        touching=args.touching,
+        density_factor=args.density_factor,
         steps=args.steps,
         seed=args.seed,
         size_factor=args.size_factor,
@@ -657,6 +659,19 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=0.3,
             help="probability that a cell is placed next to others (default 0.3)",
+        )
+        p.add_argument(
+            "--touching",
+            type=float,
+            default=None,
+            help="fraction of cells touching another (default: the training data's, where the "
+            "bundle records it)",
+        )
+        p.add_argument(
+            "--density-factor",
+            type=float,
+            default=1.0,
+            help="multiply the training data's cell density (default 1; ignored with --cells)",
         )
         p.add_argument(
             "--steps",

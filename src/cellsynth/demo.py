@@ -40,7 +40,8 @@ def run_demo(
         log.info("synthesized %s (%s/%s)", name, i, total)
     synthetic = read_dataset(out, require_labels=True).pairs
     real = sample_dataset().pairs
-    summary = realism_summary(real, synthetic, seed=seed)
+    summary = realism_summary(real, synthetic, seed=seed, two_sample=True)
+    texture = summary["texture"]
     figure = realism_figure(
         real,
         synthetic,
@@ -58,5 +59,12 @@ def run_demo(
             "cells": sum(count_cells(p.labels) for p in synthetic),
             "realism_w1_synthetic_to_real": summary["synthetic_to_real"].get("mean", {}).get("w1"),
             "realism_w1_real_to_real": summary.get("real_to_real", {}).get("mean", {}).get("w1"),
+            # scale-free look, synthetic / real (1 = same; the target is within 1.5x)
+            "look_ratio_synthetic_to_real": {
+                k: round(v["ratio"], 3) for k, v in texture["synthetic_vs_real"].items()
+            },
+            "real_vs_synthetic_classifier_accuracy": texture.get("two_sample", {})
+            .get("real_vs_synthetic", {})
+            .get("accuracy"),
         },
     }

@@ -42,6 +42,7 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.locks import folder_lock
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
+from cellsynth.metrics import background_summary, layout_summary
 from cellsynth.texture import TextureTiles, texture_config
 
 log = logging.getLogger(__name__)
@@ -285,7 +286,11 @@ def _learn(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),
                 "median_area": float(np.median(atlas.table["area"])),
+                # optional key (synthesize reads it with a default): placement reproduces it
+                "touching_fraction": layout_summary(_texture_slices(pairs)[1])["touching_fraction"],
             },
+            # optional: camera noise and illumination that synthesis adds to the painted image
+            "background": background_summary(*_texture_slices(pairs)),
             "settings": settings.to_dict(),
         },
         mask_cfg=mcfg,

@@ -48,13 +48,22 @@ def place_cells(
     band: float = 0.5,
     max_tries: int = 60,
     min_inside: float = 0.5,
+    touch_prob: float = 0.0,
 ) -> Population:
-    """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``."""
+    """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``.
+
+    With probability ``touch_prob`` a cell is put in contact with a cell already placed
+    (preferably one that touches no other yet): it slides towards it along a random direction
+    until the next pixel step would overlap, so the two labels meet without a gap, as touching
+    nuclei do in real images. Other cells keep ``gap`` pixels from everything.
+    """
     from scipy import ndimage
 
     shape = tuple(int(s) for s in shape)
     if not 0.0 <= cluster_prob <= 1.0:
         raise CellsynthInputError(f"clustering probability must be in [0, 1], got {cluster_prob}")
+    if not 0.0 <= touch_prob <= 1.0:
+        raise CellsynthInputError(f"touching probability must be in [0, 1], got {touch_prob}")
     if any(s < 4 for s in shape):
         raise CellsynthInputError(f"canvas {shape} is too small (each side must be >= 4)")
     nd = len(shape)
@@ -62,10 +71,24 @@ def place_cells(
     occupied = np.zeros(shape, bool)
     centres: list[np.ndarray] = []
     halves: list[np.ndarray] = []
-    rows: dict[str, list] = {"label": [], "clustered": [], "area": []}
+    rows: dict[str, list] = {"label": [], "clustered": [], "touching": [], "area": []}
     for a in "zyx"[-nd:]:
         rows[f"centroid_{a}"] = []
     struct = ndimage.generate_binary_structure(nd, 1)
+
+    def _add(m, grown, half, centre, corner, *, clustered=False, touch=False) -> None:
+        lab = len(rows["label"]) + 1
+        area = _paste(labels, m, corner, lab)
+        _paste(occupied, grown, corner - gap, True)
+        centres.append(centre)
+        halves.append(half)
+        rows["label"].append(lab)
+        rows["clustered"].append(clustered)
+        rows["touching"].append(touch)
+        rows["area"].append(area)
+        for a, c in zip("zyx"[-nd:], centre, strict=True):
+            rows[f"centroid_{a}"].append(float(c))
+
     # big cells first: they are the hardest to fit
     order = sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i])))
     for i in order:
@@ -74,12 +97,33 @@ def place_cells(
             raise CellsynthInputError(f"cell mask has {m.ndim} dimensions, canvas has {nd}")
         half = np.array(m.shape) / 2.0
         grown = ndimage.binary_dilation(np.pad(m, gap), struct, iterations=gap) if gap else m
-        clustered = bool(centres) and rng.random() < cluster_prob
+        touch = bool(centres) and touch_prob > 0 and rng.random() < touch_prob
+        clustered = bool(centres) and not touch and rng.random() < cluster_prob
         # neighbours are sought along the axes where the canvas has room for the cell (in a
         # stack thinner than the cells, beside them, not above)
         free_axes = np.array([n > s for n, s in zip(shape, m.shape, strict=True)], float)
         if not free_axes.any():
             free_axes[:] = 1.0
+        contact = None
+        if touch:
+            lonely = [j for j, t in enumerate(rows["touching"]) if not t]
+            contact = _contact(
+                labels,
+                m,
+                centres,
+                halves,
+                lonely or range(len(centres)),
+                free_axes,
+                rng,
+                max_tries // 2,
+                min_inside,
+            )
+        if contact is not None:
+            centre, partner = contact
+            corner = np.rint(centre - half).astype(int)
+            rows["touching"][partner] = True
+            _add(m, grown, half, centre, corner, touch=True)
+            continue
         for attempt in range(max_tries):
             if clustered and attempt >= max_tries // 2:
                 clustered = False  # no room next to the others: place it anywhere
@@ -96,22 +140,43 @@ def place_cells(
                 centre = rng.uniform(0, 1, nd) * np.array(shape)
             corner = np.rint(centre - half).astype(int)
             if _fits(occupied, grown, corner - gap, m, corner, min_inside):
-                lab = len(rows["label"]) + 1
-                area = _paste(labels, m, corner, lab)
-                _paste(occupied, grown, corner - gap, True)
-                centres.append(centre)
-                halves.append(half)
-                rows["label"].append(lab)
-                rows["clustered"].append(clustered)
-                rows["area"].append(area)
-                for a, c in zip("zyx"[-nd:], centre, strict=True):
-                    rows[f"centroid_{a}"].append(float(c))
+                _add(m, grown, half, centre, corner, clustered=clustered)
                 break
     placed = len(rows["label"])
     if placed < len(masks):
         log.info("placed %s of %s cells (canvas full)", placed, len(masks))
     table = {k: np.asarray(v) for k, v in rows.items()}
     return Population(labels=labels, table=table, requested=len(masks))
+
+
+def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_inside):
+    """A centre where ``m`` meets a placed cell without overlapping any: along a random
+    direction from a random partner, start just beyond both cells' radii and step half a pixel
+    closer until the next would overlap. (centre, partner index) or None."""
+    nd = labels.ndim
+    half = np.array(m.shape) / 2.0
+    partners = list(partners)
+    for _ in range(tries):
+        j = partners[rng.integers(len(partners))]
+        d = rng.normal(size=nd) * free_axes
+        d /= np.linalg.norm(d) + 1e-12
+        r_new = 1.0 / np.sqrt(np.sum((d / half) ** 2))
+        r_old = 1.0 / np.sqrt(np.sum((d / halves[j]) ** 2))
+        last = None
+        for dist in np.arange(r_old + r_new + 2.0, 0.0, -0.5):
+            centre = centres[j] + d * dist
+            corner = np.rint(centre - half).astype(int)
+            w = _window(labels.shape, corner, m.shape)
+            if w is None or m[w[1]].sum() < min_inside * m.sum():
+                break
+            if np.any((labels[w[0]] > 0) & m[w[1]]):
+                break
+            last = centre
+        else:
+            last = None  # slid through without meeting anything (an empty partner crop)
+        if last is not None and dist < r_old + r_new + 2.0:
+            return last, j
+    return None
 
 
 def _window(shape: tuple[int, ...], corner: np.ndarray, size: tuple[int, ...]):
@@ -156,3 +221,9 @@ def cells_for_canvas(density: float, shape: Sequence[int], rng: np.random.Genera
     """A cell count for a canvas from the atlas' density (cells per pixel), Poisson-drawn."""
     area = float(np.prod(shape))
     return max(1, int(rng.poisson(density * area)))
+
+
+def touch_prob(fraction: float) -> float:
+    """The ``touch_prob`` of :func:`place_cells` that makes about ``fraction`` of the cells touch
+    another: each contact joins a new cell to one that touched none, so it adds two."""
+    return float(np.clip(fraction / 2.0, 0.0, 1.0))

@@ -28,8 +28,8 @@ from cellsynth.device import seeded, select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
-from cellsynth.population import cells_for_canvas, place_cells
-from cellsynth.texture import match_cell_brightness, paint
+from cellsynth.population import Population, cells_for_canvas, place_cells, touch_prob
+from cellsynth.texture import match_background, match_cell_brightness, paint
 
 log = logging.getLogger(__name__)
 
@@ -61,15 +61,18 @@ def available_memory() -> int | None:
 class SynthesisParams:
     size: tuple[int, ...] = (256, 256)
     cells: int | None = None  # None: drawn from the training data's density
+    density_factor: float = 1.0  # multiply the training data's density (when cells is None)
     cluster_prob: float = 0.3
+    touching: float | None = None  # fraction of cells touching another (None: the data's)
     steps: int | None = None  # texture DDIM steps (None: the bundle's default)
     mask_steps: int | None = None
     seed: int = 0
     size_factor: float = 1.0  # scale the cell sizes drawn from the training data
     rho: float | None = None  # 3D: slice noise correlation (None: the bundle's, from its data)
     voxel_size: tuple[float, ...] | None = None  # 3D: (z, y, x); None: the bundle's
-    # "data": each cell's mean brightness drawn from the training cells (bundles that record
-    # them); "model": as the texture model paints it
+    # "data": each cell's mean brightness drawn from the training cells, and the training
+    # images' camera noise and uneven illumination added (bundles that record them);
+    # "model": as the texture model paints it
     brightness: str = "data"
 
     @property
@@ -94,8 +97,12 @@ class SynthesisParams:
             raise CellsynthInputError(
                 f"--brightness must be 'data' or 'model', got {self.brightness!r}"
             )
+        if not (self.density_factor > 0 and np.isfinite(self.density_factor)):
+            raise CellsynthInputError(f"--density-factor must be > 0, got {self.density_factor}")
         if self.cells is not None and self.cells < 0:
             raise CellsynthInputError(f"--cells must be >= 0, got {self.cells}")
+        if self.touching is not None and not 0.0 <= self.touching <= 1.0:
+            raise CellsynthInputError(f"--touching must be between 0 and 1, got {self.touching}")
         if not 0.0 <= self.cluster_prob <= 1.0:
             raise CellsynthInputError(
                 f"--cluster-prob must be between 0 and 1, got {self.cluster_prob}"
@@ -138,6 +145,17 @@ class Synthesizer:
             image, labels, targets, self.bundle.intensity.background_mean, rng
         )
         return out, "data"
+
+    def background(
+        self, image: np.ndarray, labels: np.ndarray, params: SynthesisParams
+    ) -> np.ndarray:
+        """Camera noise and uneven illumination of the training images (``brightness ==
+        "data"``, bundles that record them in their optional ``background`` key)."""
+        target = self.bundle.meta.get("background")
+        if params.brightness != "data" or not target:
+            return image
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(2)[1])
+        return match_background(image, labels, target, rng)
 
     def cell_masks(
         self,
@@ -204,6 +222,32 @@ class Synthesizer:
                 "or fewer --cells"
             )
 
+    def population(
+        self, params: SynthesisParams, rng: np.random.Generator, gen: torch.Generator
+    ) -> Population:
+        """The labels of a 2D sample: masks drawn from the bundle, placed on the canvas."""
+        b = self.bundle
+        n = (
+            params.cells
+            if params.cells is not None
+            else cells_for_canvas(b.density * params.density_factor, params.size, rng)
+        )
+        masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
+        return place_cells(
+            masks,
+            params.size,
+            cluster_prob=params.cluster_prob,
+            touch_prob=touch_prob(self.touching(params)),
+            rng=rng,
+        )
+
+    def touching(self, params: SynthesisParams) -> float:
+        """Fraction of cells to touch another: the parameter, else the training data's
+        (bundles that record it), else 0."""
+        if params.touching is not None:
+            return float(params.touching)
+        return float(self.bundle.meta["cells"].get("touching_fraction", 0.0))
+
     def sample(self, params: SynthesisParams) -> SyntheticPair:
         params.validate()
         self.check_memory(params)
@@ -211,16 +255,10 @@ class Synthesizer:
             return self.sample_3d(params)
         b = self.bundle
         rng, gen = seeded(params.seed)
-        n = (
-            params.cells
-            if params.cells is not None
-            else cells_for_canvas(b.density, params.size, rng)
-        )
         t0 = time.perf_counter()
-        masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
-        t1 = time.perf_counter()
-        pop = place_cells(masks, params.size, cluster_prob=params.cluster_prob, rng=rng)
-        t2 = time.perf_counter()
+        pop = self.population(params, rng, gen)
+        n = pop.requested
+        t1 = t2 = time.perf_counter()
         image = paint(
             b.texture_unet,
             self.texture_sampler,
@@ -232,8 +270,9 @@ class Synthesizer:
             device=self.device,
         )
         image, brightness = self.brightness(image, pop.labels, params)
+        image = self.background(image, pop.labels, params)
         t3 = time.perf_counter()
-        log.debug("masks %.2fs, population %.2fs, texture %.2fs", t1 - t0, t2 - t1, t3 - t2)
+        log.debug("masks and population %.2fs, texture %.2fs", t1 - t0, t3 - t2)
         info = asdict(params)
         info.update(
             size=list(params.size),
@@ -241,7 +280,7 @@ class Synthesizer:
             cells_placed=pop.n_cells,
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
-            timing={"masks": t1 - t0, "population": t2 - t1, "texture": t3 - t2},
+            timing={"population": t1 - t0, "texture": t3 - t2},
         )
         return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)
 
@@ -280,7 +319,12 @@ class Synthesizer:
         return float(self.bundle.meta.get("texture3d", {}).get("rho", DEFAULT_RHO))
 
     def cells_3d(
-        self, size: tuple[int, ...], anisotropy: float, rng: np.random.Generator, size_factor: float
+        self,
+        size: tuple[int, ...],
+        anisotropy: float,
+        rng: np.random.Generator,
+        size_factor: float,
+        density_factor: float = 1.0,
     ) -> int:
         """Cell count for a stack: the bundle's 3D density, or its 2D density divided by the
         mean z extent of a cell in slices (a slice through a population of n cells per voxel
@@ -292,7 +336,7 @@ class Synthesizer:
             diam = 2 * np.sqrt(np.mean(areas) / np.pi) * size_factor
             h = max(1.0, diam * self.multiview.prior.z_ratio / anisotropy)
             d3 = b.density / h
-        return max(1, int(rng.poisson(float(d3) * float(np.prod(size)))))
+        return max(1, int(rng.poisson(float(d3) * density_factor * float(np.prod(size)))))
 
     def cell_volumes(
         self,
@@ -324,14 +368,20 @@ class Synthesizer:
         n = (
             params.cells
             if params.cells is not None
-            else self.cells_3d(size, anisotropy, rng, params.size_factor)
+            else self.cells_3d(size, anisotropy, rng, params.size_factor, params.density_factor)
         )
         t0 = time.perf_counter()
         masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
         t1 = time.perf_counter()
         vols, timing = self.cell_volumes(list(masks), anisotropy, rng, gen)
         t2 = time.perf_counter()
-        pop = place_cells(vols, size, cluster_prob=params.cluster_prob, rng=rng)
+        pop = place_cells(
+            vols,
+            size,
+            cluster_prob=params.cluster_prob,
+            touch_prob=touch_prob(self.touching(params)),
+            rng=rng,
+        )
         t3 = time.perf_counter()
         rho = self.rho(params)
         image = paint(

@@ -181,6 +181,7 @@ def match_cell_brightness(
     *,
     sigma: float = 1.5,
     max_factor: float = 8.0,
+    spread: float | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Give each cell a mean brightness drawn from ``targets`` (the training cells' means).
 
@@ -189,6 +190,12 @@ def match_cell_brightness(
     ``background`` is scaled so that its mean becomes a value drawn from ``targets``; the
     per-cell factors are smoothed in-plane (``sigma`` px) so boundaries carry no step. The
     texture inside a cell is kept (scaled). Returns the image (same dtype) and the factors.
+
+    ``targets`` pools the cells of many frames, each with its own exposure, so independent
+    draws mix them in one frame. With ``spread`` (the training frames' median coefficient of
+    variation of cell contrasts) the frame gets one typical contrast (the median of as many
+    draws as it has cells) and each cell's contrast deviates from it by ``spread`` times a
+    standardised draw from the pool, so the shape of the pool is kept within a frame.
     """
     from scipy import ndimage
 
@@ -202,6 +209,11 @@ def match_cell_brightness(
     img = np.asarray(image, dtype=np.float64)
     means = np.asarray(ndimage.mean(img, lab, ids), dtype=np.float64)
     want = rng.choice(targets, size=ids.size, replace=True)
+    pool = targets - background
+    if spread is not None and np.isfinite(spread) and spread > 0 and pool.std() > 0:
+        anchor = float(np.median(pool[rng.integers(0, pool.size, ids.size)]))
+        z = (want - background - pool.mean()) / pool.std()
+        want = background + anchor * np.maximum(1.0 + spread * z, 0.1)
     contrast = means - background
     ok = contrast > 1e-6 * max(abs(background), 1.0)
     factors = np.ones(ids.size)
@@ -227,3 +239,58 @@ def _grown(labels2d: np.ndarray, lut: np.ndarray, radius: float) -> np.ndarray:
     dist, idx = ndimage.distance_transform_edt(labels2d == 0, return_indices=True)
     near = labels2d[idx[0], idx[1]]
     return np.where(dist <= radius, lut[near], 1.0)
+
+
+def match_background(
+    image: np.ndarray,
+    labels: np.ndarray,
+    target: dict[str, float],
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Add the camera noise and uneven illumination the texture model leaves out.
+
+    ``target`` holds the training images' ``background_noise`` and ``illumination`` (median of
+    :func:`cellsynth.metrics.background_stats`, relative to the cells' contrast). What the
+    painted image already has is measured the same way, and only the missing part is added (in
+    quadrature): white noise over the whole image, and a smooth random field (Gaussian-filtered
+    noise at twice the median cell diameter) for the illumination; their amplitudes are
+    corrected twice by measuring the result (the measure sees them through its filters and the
+    dtype's rounding). 2D only; same dtype back.
+    """
+    from scipy import ndimage
+
+    from cellsynth.metrics import background_stats
+
+    img = np.asarray(image, np.float64)
+    lab = np.asarray(labels)
+    if img.ndim != 2 or not lab.any():
+        return image
+    have = background_stats(img, lab)
+    ids, areas = np.unique(lab[lab > 0], return_counts=True)
+    bg = ndimage.binary_dilation(lab > 0, iterations=3)
+    c = float(np.median(ndimage.mean(img, lab, ids)) - np.median(img[~bg]))
+    if not c > 0:
+        return image
+    diam = 2 * np.sqrt(np.median(areas) / np.pi)
+    white = rng.normal(size=img.shape)
+    field = ndimage.gaussian_filter(rng.normal(size=img.shape), 2 * diam, mode="wrap")
+    field /= 1.4826 * np.median(np.abs(field - np.median(field))) + 1e-12
+    keys = ("background_noise", "illumination")
+    amp = {k: _missing(target.get(k), have[k]) * c for k in keys}
+    out = image
+    for _ in range(3):  # the measure sees the added noise through its filters and the rounding
+        out = to_dtype(img + amp[keys[0]] * white + amp[keys[1]] * field, np.asarray(image).dtype)
+        got = background_stats(out, lab)
+        for k in keys:
+            extra = _missing(got[k], have[k])
+            want = _missing(target.get(k), have[k])
+            if amp[k] > 0 and extra > 0:
+                amp[k] *= want / extra
+    return out
+
+
+def _missing(want: float | None, have: float) -> float:
+    """The part of ``want`` that ``have`` lacks, for independent sources (in quadrature)."""
+    if want is None or not np.isfinite(want) or not np.isfinite(have):
+        return 0.0
+    return float(np.sqrt(max(want**2 - have**2, 0.0)))
