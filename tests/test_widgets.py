@@ -159,6 +159,18 @@ def test_learn_cancel_keeps_a_checkpoint(make_napari_viewer_proxy, qtbot, tmp_pa
     assert w.status.value.startswith("cancelled; the last checkpoint")
 
 
+def test_picking_an_image_layer_picks_its_labels_by_their_link(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.open_sample("cellsynth", "nuclei")
+    unrelated = viewer.add_labels(np.zeros((8, 8), np.uint16), name="unrelated")
+    image, labels = viewer.layers[0], viewer.layers[1]
+    for name in ("Learn", "Fine-tune"):
+        w = open_widget(viewer, name)
+        w.image_pick.value, w.labels_pick.value = None, unrelated
+        w.image_pick.value = image
+        assert w.labels_pick.value.name == labels.name
+
+
 def test_learn_bad_input_is_one_notification(make_napari_viewer_proxy, notifications):
     w = open_widget(make_napari_viewer_proxy(), "Learn")
     w.start_btn.clicked.emit()

@@ -81,7 +81,11 @@ def notify_warning(msg: str) -> None:
 
 def wrap_label(label: Any) -> Any:
     """Let a status Label wrap instead of being cut off by the dock's width."""
+    from qtpy.QtWidgets import QSizePolicy
+
     label.native.setWordWrap(True)
+    label.native.setMinimumWidth(220)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
     return label
 
 
@@ -143,6 +147,21 @@ class LayerPicker(ComboBox):
             self.reset_choices()
         except RuntimeError:  # the Qt widget is gone (viewer closing)
             pass
+
+
+def follow_link(image_pick: LayerPicker, labels_pick: LayerPicker) -> None:
+    """Picking an Image layer also picks its linked Labels layer (reader, sample, Synthesize)."""
+
+    def pick(image: Any) -> None:
+        if image is None:
+            return
+        pair_id = image.metadata.get("cellsynth", {}).get(LINK)
+        for lab in labels_pick.choices:
+            if lab is not None and lab.metadata.get("cellsynth", {}).get(LINK) == pair_id:
+                labels_pick.value = lab
+                return
+
+    image_pick.changed.connect(pick)
 
 
 def scale_to_voxel(layer: Any) -> tuple[float, ...] | None:

@@ -31,6 +31,7 @@ from cellsynth._widgets._common import (
     LayerPicker,
     LossPlot,
     folder_edit,
+    follow_link,
     notify,
     notify_error,
     notify_warning,
@@ -52,6 +53,7 @@ class FinetuneWidget(Container):
         self.viewer = viewer
         self.image_pick = LayerPicker(viewer, "Image", "real image layer")
         self.labels_pick = LayerPicker(viewer, "Labels", "real labels layer")
+        follow_link(self.image_pick, self.labels_pick)
         self.real_folder = folder_edit("or real folder")
         self.synthetic = folder_edit("synthetic folder")
         self.synthetic.tooltip = "the curated synthetic pairs (the Curate widget's folder)"

@@ -23,6 +23,7 @@ from cellsynth._widgets._common import (
     LayerPicker,
     LossPlot,
     folder_edit,
+    follow_link,
     notify,
     notify_error,
     notify_warning,
@@ -71,6 +72,7 @@ class LearnWidget(Container):
         self.viewer = viewer
         self.image_pick = LayerPicker(viewer, "Image", "image layer")
         self.labels_pick = LayerPicker(viewer, "Labels", "labels layer")
+        follow_link(self.image_pick, self.labels_pick)
         self.folder = folder_edit("or data folder")
         self.output = folder_edit(
             "bundle folder", mode="d", value=str(Path.home() / "cellsynth-bundle")
