@@ -121,6 +121,7 @@ class LearnWidget(Container):
         self.job: GeneratorJob | None = None
         self.bundle_path: Path | None = None  # set when a run trained and saved a bundle
         self._out: Path | None = None
+        self._budget: float | None = None
         self._last: Any = None
         self._steps_before = 0
         self._started_at = 0.0
@@ -150,6 +151,7 @@ class LearnWidget(Container):
                 minutes=float(self.minutes.value), device=str(self.device.value)
             )
             self._configure(settings)
+            self._budget = settings.minutes
             if self.three_d.value:
                 from cellsynth.learn3d import Learn3DSettings, check_3d_pairs, learn_3d
 
@@ -218,15 +220,17 @@ class LearnWidget(Container):
                 msg = "cancelled before the first training step: no bundle to hand on"
             else:
                 spent = time.monotonic() - self._started_at
+                budget = f"{self._budget:g} min" if self._budget else "no time limit"
                 msg = (
-                    f"no training step ran: preparing the data took {spent:.0f} s, the whole "
-                    f"budget of {self.minutes.value:g} min; give it more minutes"
+                    f"no training step ran: preparing the data took {spent:.0f} s (budget: "
+                    f"{budget}); give it more minutes"
                 )
             self.status.value = msg
             notify_warning(msg)
             return
         self.bundle_path = out
-        self.progress.value = self.progress.max if not job.cancelled else self.progress.value
+        if not job.cancelled:
+            self.progress.value = self.progress.max
         what = "cancelled; the last checkpoint" if job.cancelled else "done; the bundle"
         self.status.value = f"{what} ({self.steps_trained} steps) is saved in {out}"
         notify(f"bundle saved to {out} ({self.steps_trained} training steps)")
