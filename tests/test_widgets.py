@@ -513,6 +513,20 @@ def test_finetune_cancelled_before_the_first_batch_says_so_and_predicts_nothing(
     assert len(notifications.warnings) == 1
 
 
+def test_closing_napari_stops_a_running_finetune(make_napari_viewer_proxy, qtbot, tmp_path):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Fine-tune")
+    w.real_folder.value = _dataset(tmp_path / "real")
+    w.epochs.value, w.device.value = 500, "cpu"
+    w.output.value = tmp_path / "model"
+    w.extra_settings = dict(TINY_CELLPOSE)
+    w.start_btn.clicked.emit()
+    job = w.subprocess
+    assert job.running
+    viewer.close()
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
+
+
 def test_finetune_existing_model_file_is_one_notification(
     make_napari_viewer_proxy, tmp_path, notifications
 ):

@@ -47,6 +47,12 @@ if TYPE_CHECKING:
     import napari.viewer
 
 
+def _cancel_all(jobs: list) -> None:
+    for job in jobs:
+        if job.running:
+            job.cancel()
+
+
 class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
@@ -108,6 +114,8 @@ class FinetuneWidget(Container):
         self.extra_settings: dict[str, Any] = {}  # for tests and power users (bsize, ...)
         self._tmp: Path | None = None  # the real layers copied for the subprocess
         self._batches = 0
+        self._jobs: list = []  # closing the widget (or napari) cancels a running training
+        self.native.destroyed.connect(lambda *_, jobs=self._jobs: _cancel_all(jobs))
         register(self)
 
     def offer_synthetic(self, path: Path) -> None:
@@ -154,6 +162,7 @@ class FinetuneWidget(Container):
             return
         self.model_path = Path(spec["output"])
         self.subprocess = SubprocessJob("finetune", spec).start()
+        self._jobs[:] = [self.subprocess]
         self.plot.clear()
         self.progress.value = 0
         self._batches = 0
