@@ -264,7 +264,8 @@ class LossPlot(Container):
         if self.series:
             ax.legend(fontsize=7, facecolor="#262930", labelcolor="#dddddd")
             ax.set_yscale("log")
-        self.canvas.draw_idle()
+        # drawn now, not via draw_idle: a deferred draw can fire after napari deleted the canvas
+        self.canvas.draw()
         self._drawn_at = time.monotonic()
 
     @property
