@@ -120,7 +120,7 @@ def test_learn_that_trains_no_step_says_so_and_hands_nothing_on(
     assert w.progress.value == 0 and w.bundle_path is None
     assert synth.bundle.value is None or str(synth.bundle.value) in ("", ".")
     assert not any("bundle saved" in m for m in notifications.infos)
-    assert len(notifications.warnings) == 1
+    assert len([m for m in notifications.warnings if "no training step ran" in m]) == 1
 
 
 def test_learn_resume_that_trains_no_step_says_so(
@@ -510,7 +510,7 @@ def test_finetune_cancelled_before_the_first_batch_says_so_and_predicts_nothing(
     assert w.progress.value == 0
     assert not any(la.name.startswith("predictions") for la in viewer.layers)
     assert not any("model written" in m for m in notifications.infos)
-    assert len(notifications.warnings) == 1
+    assert len([m for m in notifications.warnings if "cancelled before" in m]) == 1
 
 
 def test_closing_napari_stops_a_running_finetune(make_napari_viewer_proxy, qtbot, tmp_path):

@@ -79,6 +79,15 @@ def notify_warning(msg: str) -> None:
     show_warning(msg)
 
 
+def alive(widget: Any) -> bool:
+    """Whether a magicgui widget's Qt object still exists (napari deletes docks on close)."""
+    try:
+        widget.native.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
 def wrap_label(label: Any) -> Any:
     """Let a status Label wrap instead of being cut off by the dock's width."""
     from qtpy.QtWidgets import QSizePolicy

@@ -30,6 +30,7 @@ from cellsynth._widgets._common import (
     GeneratorJob,
     LayerPicker,
     LossPlot,
+    alive,
     folder_edit,
     follow_link,
     notify,
@@ -184,6 +185,8 @@ class FinetuneWidget(Container):
             self._tmp = None
 
     def _on_message(self, msg: Any) -> None:
+        if not alive(self):  # napari closed while the job ran
+            return
         if msg.kind == "progress":
             p = msg.data
             self._batches = int(p["batch"])
@@ -198,9 +201,11 @@ class FinetuneWidget(Container):
 
     def _on_finished(self) -> None:
         """Say what the run left behind; predict only with a model that trained."""
+        self._remove_tmp()
+        if not alive(self):  # napari closed while the job ran: nobody to tell
+            return
         self.start_btn.enabled, self.cancel_btn.enabled = True, False
         self.plot.redraw()
-        self._remove_tmp()
         result = self.subprocess.result if self.subprocess else None
         kind = result.kind if result is not None else "error"
         written = self.model_path is not None and self.model_path.exists()
