@@ -1,6 +1,7 @@
 """Screenshots of cellsynth in a real napari window, for README.md and docs/.
 
-Run under an X server, e.g.:
+Widgets are opened the way a user opens them, from *Plugins ▸ cellsynth*
+(``window.add_plugin_dock_widget``). Run under an X server, e.g.:
 ``xvfb-run -a -s "-screen 0 1600x1000x24" python docs/make_screenshots.py [--only NAME]``
 """
 
@@ -40,6 +41,12 @@ def _grab(viewer: napari.Viewer, name: str) -> None:
     print("wrote", OUT / name)
 
 
+def _widget(viewer: napari.Viewer, name: str):
+    """The dock widget as the Plugins menu opens it."""
+    _, widget = viewer.window.add_plugin_dock_widget("cellsynth", name)
+    return widget
+
+
 def _viewer() -> napari.Viewer:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(1500, 950)
@@ -60,15 +67,12 @@ def reader() -> None:
 
 
 def learn() -> None:
-    from cellsynth._widgets._learn import LearnWidget
-
     viewer = _viewer()
     viewer.open_sample("cellsynth", "nuclei_set")
-    w = LearnWidget(viewer)
-    viewer.window.add_dock_widget(w, name="cellsynth: Learn", area="right")
+    w = _widget(viewer, "Learn")
     w.image_pick.value, w.labels_pick.value = viewer.layers[0], viewer.layers[1]
     w.output.value = Path(tempfile.mkdtemp()) / "bundle"
-    w.minutes.value = 0.75
+    w.minutes.value = 2.0
     w.start_btn.clicked.emit()
     _wait(w.job)
     _grab(viewer, "widget_learn.png")
@@ -76,21 +80,16 @@ def learn() -> None:
 
 
 def synthesize_and_curate() -> None:
-    from cellsynth._widgets._curate import CurateWidget
-    from cellsynth._widgets._synthesize import SynthesizeWidget
-
     viewer = _viewer()
-    w = SynthesizeWidget(viewer)
-    viewer.window.add_dock_widget(w, name="cellsynth: Synthesize", area="right")
-    w.canvas_h.value, w.canvas_w.value, w.seed.value = 360, 360, 1
+    w = _widget(viewer, "Synthesize")
+    w.canvas_h.value, w.canvas_w.value, w.seed.value, w.how_many.value = 360, 360, 1, 2
     w.run_btn.clicked.emit()
     _wait(w.job)
     _grab(viewer, "widget_synthesize.png")
-    c = CurateWidget(viewer)
-    viewer.window.add_dock_widget(c, name="cellsynth: Curate", area="right")
+    c = _widget(viewer, "Curate")
     c.output.value = Path(tempfile.mkdtemp()) / "curated"
     c.load_btn.clicked.emit()
-    for layer in list(viewer.layers)[:2]:
+    for layer in list(viewer.layers)[:4]:
         layer.visible = False
     viewer.layers.selection.active = c.labels_layer
     c.labels_layer.mode = "paint"
@@ -100,11 +99,8 @@ def synthesize_and_curate() -> None:
 
 def synthesize_3d() -> None:
     """A 3D stack in napari: the 3D view (rendered labels) and a slice with the grid view."""
-    from cellsynth._widgets._synthesize import SynthesizeWidget
-
     viewer = _viewer()
-    w = SynthesizeWidget(viewer)
-    viewer.window.add_dock_widget(w, name="cellsynth: Synthesize", area="right")
+    w = _widget(viewer, "Synthesize")
     w.dims.value = "3D"
     w.canvas_z.value, w.canvas_h.value, w.canvas_w.value = 48, 256, 256
     w.seed.value = 1
@@ -124,13 +120,11 @@ def synthesize_3d() -> None:
 
 
 def finetune() -> None:
-    from cellsynth._widgets._finetune import FinetuneWidget
     from cellsynth.samples import sample_dataset_path
 
     viewer = _viewer()
     viewer.open_sample("cellsynth", "nuclei")
-    w = FinetuneWidget(viewer)
-    viewer.window.add_dock_widget(w, name="cellsynth: Fine-tune", area="right")
+    w = _widget(viewer, "Fine-tune")
     w.image_pick.value, w.labels_pick.value = viewer.layers[0], viewer.layers[1]
     w.real_folder.value = sample_dataset_path()
     w.validation.value = sample_dataset_path()

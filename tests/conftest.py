@@ -2,6 +2,11 @@
 
 napari settings are isolated from the user's: NAPARI_CONFIG points into a temporary folder
 before napari can be imported by any test.
+
+GUI tests (marker ``gui``) run with napari's exception hooks installed, as ``napari.run()``
+installs them: an exception that escapes into the Qt event loop or a thread becomes a traceback
+notification, and such a notification fails the test. pytest-qt's own capture is switched off for
+them so that napari's hooks see what a user would see.
 """
 
 from __future__ import annotations
@@ -80,6 +85,69 @@ def ctc_folder(tmp_path) -> Path:
         )
         tifffile.imwrite(root / "02_GT" / "SEG" / f"man_seg_{t:03d}_003.tif", vol[3])
     return root
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.get_closest_marker("gui") is not None:
+            item.add_marker(pytest.mark.qt_no_exception_capture)
+
+
+class Notifications:
+    """The napari notifications of one test: ``errors``, ``warnings``, ``infos``, ``tracebacks``."""
+
+    def __init__(self, manager, start: int) -> None:
+        self._manager, self._start = manager, start
+
+    @property
+    def all(self) -> list:
+        return list(self._manager.records[self._start :])
+
+    def _of(self, severity: str) -> list[str]:
+        return [str(n.message) for n in self.all if str(n.severity).lower() == severity]
+
+    @property
+    def errors(self) -> list[str]:
+        return self._of("error")
+
+    @property
+    def warnings(self) -> list[str]:
+        return self._of("warning")
+
+    @property
+    def infos(self) -> list[str]:
+        return self._of("info")
+
+    @property
+    def tracebacks(self) -> list:
+        """Notifications made from an exception (they carry its traceback)."""
+        from napari.utils.notifications import ErrorNotification
+
+        return [n for n in self.all if isinstance(n, ErrorNotification)]
+
+
+@pytest.fixture(autouse=True)
+def _napari_exception_hooks(request):
+    """napari's sys/threading excepthooks on; a traceback notification fails a GUI test."""
+    if request.node.get_closest_marker("gui") is None:
+        yield None
+        return
+    from napari.utils.notifications import notification_manager
+
+    notes = Notifications(notification_manager, len(notification_manager.records))
+    with notification_manager:
+        yield notes
+    if notes.tracebacks:
+        pytest.fail(
+            "traceback notification(s): "
+            + "; ".join(f"{type(n.exception).__name__}: {n.exception}" for n in notes.tracebacks)
+        )
+
+
+@pytest.fixture
+def notifications(_napari_exception_hooks) -> Notifications:
+    assert _napari_exception_hooks is not None, "mark the test gui to use notifications"
+    return _napari_exception_hooks
 
 
 def shared_data(name: str) -> Path:

@@ -1,8 +1,16 @@
-"""The four dock widgets driven end to end in a real napari viewer (Xvfb), with tiny models."""
+"""The four dock widgets, opened from the Plugins menu's path on a real viewer (Xvfb), tiny models.
+
+Every widget comes from ``window.add_plugin_dock_widget`` on a ``make_napari_viewer_proxy``
+viewer, as a user gets it; napari's exception hooks are on (conftest.py), so a traceback
+notification fails the test, and ``notifications`` lists what the user was told.
+"""
 
 from __future__ import annotations
 
+import glob
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,7 +22,13 @@ napari = pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
 
-def _dataset(root, n=3, seed=0, shape=(96, 96)):
+def open_widget(viewer, name: str):
+    """The widget as *Plugins ▸ cellsynth ▸ name* opens it."""
+    _, widget = viewer.window.add_plugin_dock_widget("cellsynth", name)
+    return widget
+
+
+def _dataset(root, n=3, seed=0, shape=(96, 96), origin=None):
     (root / "images").mkdir(parents=True)
     (root / "labels").mkdir()
     rng = np.random.default_rng(seed)
@@ -23,111 +37,207 @@ def _dataset(root, n=3, seed=0, shape=(96, 96)):
         lab = disks(shape=shape, centres=centres, radius=7)
         tifffile.imwrite(root / "images" / f"p{i}.tif", image_for(lab, i))
         tifffile.imwrite(root / "labels" / f"p{i}.tif", lab)
+    if origin is not None:
+        (root / "dataset.json").write_text(json.dumps({"origin": origin}))
     return root
 
 
-def _tiny(settings):
-    settings.mask_widths, settings.texture_widths = (8, 16, 16), (8, 16, 16)
-    settings.mask_batch, settings.texture_batch, settings.tile = 8, 4, 32
-    settings.mask_size, settings.crop_size = 16, 32
-    settings.minutes = None
-    settings.device = "cpu"
+def tiny(steps=12, minutes=None):
+    def configure(s):
+        s.use_tiny_models()
+        s.mask_size, s.crop_size = 16, 32
+        s.mask_steps = s.texture_steps = steps
+        s.minutes = minutes
+        s.device = "cpu"
+
+    return configure
 
 
-def _wait(qtbot, job, timeout=120_000):
-    qtbot.waitUntil(lambda: job is not None and not job.running, timeout=timeout)
+def _wait(qtbot, get_job, timeout=120_000):
+    qtbot.waitUntil(lambda: get_job() is not None and not get_job().running, timeout=timeout)
     qtbot.wait(50)
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    seen = []
-    import cellsynth._widgets._common as common
-
-    monkeypatch.setattr(common, "show_error_hook", seen.append, raising=False)
-
-    def record(exc):
-        seen.append(str(exc))
-
-    for mod in ("_learn", "_synthesize", "_curate", "_finetune", "_common"):
-        m = __import__(f"cellsynth._widgets.{mod}", fromlist=["x"])
-        monkeypatch.setattr(m, "notify_error", record)
-    return seen
-
-
-def test_learn_widget_trains_from_layers_with_progress_and_loss_curve(
-    make_napari_viewer, qtbot, tmp_path
-):
-    from cellsynth._widgets._learn import LearnWidget
+def _pair_layers(viewer, tmp_path, n=1):
     from cellsynth.io import read_dataset
 
-    viewer = make_napari_viewer()
-    pair = read_dataset(_dataset(tmp_path / "d")).pairs[0]
+    pair = read_dataset(_dataset(tmp_path / "d", n=n)).pairs[0]
     img = viewer.add_image(pair.image, name="cells")
     lab = viewer.add_labels(pair.labels, name="cells labels")
-    w = LearnWidget(viewer)
-    viewer.window.add_dock_widget(w)
+    return img, lab
+
+
+# ---------------------------------------------------------------------- Learn
+
+
+def _learn_from_layers(viewer, tmp_path, configure):
+    """Learn (on an Image + Labels pair of layers) and Synthesize, opened from the menu."""
+    img, lab = _pair_layers(viewer, tmp_path)
+    w = open_widget(viewer, "Learn")
+    synth = open_widget(viewer, "Synthesize")
     w.image_pick.value, w.labels_pick.value = img, lab
     w.output.value = tmp_path / "bundle"
-
-    def configure(s):
-        _tiny(s)
-        s.mask_steps = s.texture_steps = 12
-
     w._configure = configure
+    return w, synth
+
+
+def test_learn_trains_from_layers_with_progress_and_hands_the_bundle_on(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    w, synth = _learn_from_layers(make_napari_viewer_proxy(), tmp_path, tiny(12))
+    w.progress.value = 1000  # a previous run's bar
     w.start_btn.clicked.emit()
-    _wait(qtbot, w.job)
+    assert w.progress.value == 0  # reset at start
+    _wait(qtbot, lambda: w.job)
     assert (tmp_path / "bundle" / "bundle.json").exists()
-    assert w.progress.value == 1000
+    assert w.progress.value == 1000 and w.steps_trained == 24
     assert sum(len(v) for v in w.plot.series.values()) == 24
-    assert "done" in w.status.value
+    assert w.plot.drawn_points == 24
+    assert w.status.value.startswith("done")
+    assert str(synth.bundle.value) == str(tmp_path / "bundle")
+    assert notifications.errors == []
+    assert any("bundle saved" in m for m in notifications.infos)
 
 
-def test_learn_widget_cancel_keeps_a_checkpoint(make_napari_viewer, qtbot, tmp_path):
-    from cellsynth._widgets._learn import LearnWidget
-    from cellsynth.bundle import GeneratorBundle
+def test_learn_loss_plot_draws_its_first_point():
+    from cellsynth._widgets._common import LossPlot
 
-    viewer = make_napari_viewer()
-    w = LearnWidget(viewer)
+    plot = LossPlot()
+    plot.add("mask", 1, 0.5)
+    assert plot.drawn_points == 1
+    assert plot.ax.get_lines()[0].get_marker() == "o"  # a lone point shows
+
+
+def test_learn_that_trains_no_step_says_so_and_hands_nothing_on(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    # the budget is gone while preparing the data
+    w, synth = _learn_from_layers(make_napari_viewer_proxy(), tmp_path, tiny(12, minutes=1e-6))
+    w.start_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job)
+    assert w.steps_trained == 0
+    assert w.status.value.startswith("no training step ran")
+    assert w.progress.value == 0 and w.bundle_path is None
+    assert synth.bundle.value is None or str(synth.bundle.value) in ("", ".")
+    assert not any("bundle saved" in m for m in notifications.infos)
+    assert len([m for m in notifications.warnings if "no training step ran" in m]) == 1
+
+
+def test_learn_resume_that_trains_no_step_says_so(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Learn")
     w.folder.value = _dataset(tmp_path / "d")
     w.output.value = tmp_path / "bundle"
+    w._configure = tiny(6)
+    w.start_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job)
+    assert w.steps_trained == 12
+    w._configure = tiny(100, minutes=1e-6)
+    w.resume_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job)
+    assert w.steps_trained == 0
+    assert w.status.value.startswith("no training step ran")
 
-    def configure(s):
-        _tiny(s)
-        s.mask_steps = s.texture_steps = 100_000
 
-    w._configure = configure
+def test_learn_cancel_keeps_a_checkpoint(make_napari_viewer_proxy, qtbot, tmp_path):
+    from cellsynth.bundle import GeneratorBundle
+
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Learn")
+    w.folder.value = _dataset(tmp_path / "d")
+    w.output.value = tmp_path / "bundle"
+    w._configure = tiny(100_000)
     w.start_btn.clicked.emit()
     qtbot.waitUntil(lambda: len(w.plot.series.get("mask", [])) >= 3, timeout=60_000)
     w.cancel_btn.clicked.emit()
-    _wait(qtbot, w.job)
+    _wait(qtbot, lambda: w.job)
     b = GeneratorBundle.load(tmp_path / "bundle")
     assert b.meta["training"]["mask_model"]["steps"] >= 3
     assert w.start_btn.enabled
+    assert w.status.value.startswith("cancelled; the last checkpoint")
 
 
-def test_learn_widget_reports_bad_input_as_a_notification(make_napari_viewer, errors):
-    from cellsynth._widgets._learn import LearnWidget
+def test_picking_an_image_layer_picks_its_labels_by_their_link(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    viewer.open_sample("cellsynth", "nuclei")
+    unrelated = viewer.add_labels(np.zeros((8, 8), np.uint16), name="unrelated")
+    image, labels = viewer.layers[0], viewer.layers[1]
+    for name in ("Learn", "Fine-tune"):
+        w = open_widget(viewer, name)
+        w.image_pick.value, w.labels_pick.value = None, unrelated
+        w.image_pick.value = image
+        assert w.labels_pick.value.name == labels.name
 
-    w = LearnWidget(make_napari_viewer())
+
+def test_learn_bad_input_is_one_notification(make_napari_viewer_proxy, notifications):
+    w = open_widget(make_napari_viewer_proxy(), "Learn")
     w.start_btn.clicked.emit()
-    assert errors and "choose an Image layer" in errors[0]
+    assert len(notifications.errors) == 1 and "choose an Image layer" in notifications.errors[0]
     assert w.job is None
 
 
-def test_synthesize_widget_adds_named_layers_and_writes_a_folder(
-    make_napari_viewer, qtbot, tmp_path
+def test_learn_into_a_used_folder_names_the_resume_button(
+    make_napari_viewer_proxy, tmp_path, notifications
 ):
-    from cellsynth._widgets._synthesize import SynthesizeWidget
+    viewer = make_napari_viewer_proxy()
+    img, lab = _pair_layers(viewer, tmp_path)
+    w = open_widget(viewer, "Learn")
+    w.image_pick.value, w.labels_pick.value = img, lab
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "x.txt").write_text("mine")
+    w.output.value = used
+    w.start_btn.clicked.emit()
+    w.resume_btn.clicked.emit()
+    assert len(notifications.errors) == 2
+    assert "press Resume" in notifications.errors[0] and "--" not in notifications.errors[0]
+    assert (
+        "nothing to resume" in notifications.errors[1] or "no training" in (notifications.errors[1])
+    )
+    assert w.job is None and (used / "x.txt").read_text() == "mine"
 
-    viewer = make_napari_viewer()
-    w = SynthesizeWidget(viewer)
-    w.canvas_h.value, w.canvas_w.value, w.cells.value, w.steps.value = 64, 80, 3, 2
-    w.seed.value, w.how_many.value = 7, 2
-    w.save_to.value = tmp_path / "synth"
-    w.device.value = "cpu"
+
+def test_learn_error_in_the_worker_is_one_notification_and_resets_the_status(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    lab = disks(centres=((32, 32),))  # one cell: the atlas refuses, inside the worker
+    img = viewer.add_image(image_for(lab), name="one")
+    labels = viewer.add_labels(lab, name="one labels")
+    w = open_widget(viewer, "Learn")
+    w.image_pick.value, w.labels_pick.value = img, labels
+    w.output.value = tmp_path / "bundle"
+    w._configure = tiny(12)
+    w.start_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job)
+    qtbot.wait(100)
+    assert len(notifications.errors) == 1 and "usable cell" in notifications.errors[0]
+    assert notifications.tracebacks == []
+    assert w.status.value.startswith("failed:") and w.start_btn.enabled
+
+
+# ---------------------------------------------------------------------- Synthesize
+
+
+def _synth(viewer, qtbot, seed=7, how_many=1, **values):
+    w = open_widget(viewer, "Synthesize")
+    w.canvas_h.value, w.canvas_w.value, w.cells.value, w.steps.value = 64, 80, 3, 1
+    w.seed.value, w.how_many.value, w.device.value = seed, how_many, "cpu"
+    for k, v in values.items():
+        getattr(w, k).value = v
     w.run_btn.clicked.emit()
-    _wait(qtbot, w.job)
+    if w.job is not None:  # None: refused at once
+        _wait(qtbot, lambda: w.job)
+    return w
+
+
+def test_synthesize_adds_linked_pairs_side_by_side_and_writes_a_folder(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    _synth(viewer, qtbot, seed=7, how_many=2, save_to=tmp_path / "synth")
     names = [la.name for la in viewer.layers]
     assert names == [
         "synth bundle_dsb2018 seed 7",
@@ -136,15 +246,57 @@ def test_synthesize_widget_adds_named_layers_and_writes_a_folder(
         "synth bundle_dsb2018 seed 8 labels",
     ]
     assert viewer.layers[1].data.shape == (64, 80)
+    # side by side: the second pair starts right of the first one
+    first, second = viewer.layers[0], viewer.layers[2]
+    assert second.translate[-1] >= first.translate[-1] + 80 * first.scale[-1]
+    assert tuple(viewer.layers[3].translate) == tuple(second.translate)
+    ids = [la.metadata["cellsynth"]["pair_id"] for la in viewer.layers]
+    assert ids[0] == ids[1] != ids[2] == ids[3]
     meta = json.loads((tmp_path / "synth" / "dataset.json").read_text())
     assert sorted(r["seed"] for r in meta["samples"].values()) == [7, 8]
+    assert notifications.errors == []
 
 
-def test_synthesize_widget_draws_3d_stacks(make_napari_viewer, qtbot):
-    from cellsynth._widgets._synthesize import SynthesizeWidget
+def test_synthesize_refuses_a_real_data_set_as_its_folder(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    real = _dataset(tmp_path / "real", n=1)
+    (real / "labels").rename(real / "masks")  # annotations in masks/
+    before = sorted(p.relative_to(real) for p in real.rglob("*"))
+    viewer = make_napari_viewer_proxy()
+    w = _synth(viewer, qtbot, save_to=real)
+    assert w.job is None and len(viewer.layers) == 0
+    assert len(notifications.errors) == 1 and "masks/" in notifications.errors[0]
+    assert sorted(p.relative_to(real) for p in real.rglob("*")) == before
 
-    viewer = make_napari_viewer()
-    w = SynthesizeWidget(viewer)
+
+def test_synthesize_from_a_folder_that_is_no_bundle_is_one_notification(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    (tmp_path / "empty").mkdir()
+    w = _synth(viewer, qtbot, bundle=tmp_path / "empty")
+    assert len(notifications.errors) == 1 and "no bundle.json" in notifications.errors[0]
+    assert w.job is None and w.run_btn.enabled
+
+
+def test_synthesize_error_in_the_worker_is_one_notification(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bundle.json").write_text("{ not json")
+    viewer = make_napari_viewer_proxy()
+    w = _synth(viewer, qtbot, bundle=bad)
+    qtbot.wait(100)
+    assert len(notifications.errors) == 1 and "bundle.json" in notifications.errors[0]
+    assert notifications.tracebacks == []
+    assert w.status.value.startswith("failed") and w.run_btn.enabled
+
+
+def test_synthesize_draws_3d_stacks(make_napari_viewer_proxy, qtbot):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Synthesize")
     assert w.canvas_z.native.isHidden()
     w.dims.value = "3D"
     assert not w.canvas_z.native.isHidden() and not w.rho.native.isHidden()
@@ -152,7 +304,7 @@ def test_synthesize_widget_draws_3d_stacks(make_napari_viewer, qtbot):
     w.cells.value, w.steps.value, w.rho.value = 3, 1, 1.5
     w.device.value = "cpu"
     w.run_btn.clicked.emit()
-    _wait(qtbot, w.job)
+    _wait(qtbot, lambda: w.job)
     img, lab = viewer.layers
     assert lab.data.shape == img.data.shape == (8, 48, 48)
     assert list(lab.scale) == [1.0, 1.0, 1.0]
@@ -160,24 +312,61 @@ def test_synthesize_widget_draws_3d_stacks(make_napari_viewer, qtbot):
     assert "rho 1.5" in w.status.value
 
 
-def test_curate_widget_saves_corrected_labels_and_never_touches_the_originals(
-    make_napari_viewer, qtbot, tmp_path
+# ---------------------------------------------------------------------- Curate
+
+
+def test_curate_finds_both_pairs_of_two_runs_with_the_same_seed(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
 ):
-    from cellsynth._widgets._curate import CurateWidget
+    viewer = make_napari_viewer_proxy()
+    _synth(viewer, qtbot, seed=5)
+    _synth(viewer, qtbot, seed=5)
+    assert viewer.layers[2].name.endswith("[1]")  # napari renamed the second pair
+    c = open_widget(viewer, "Curate")
+    c.output.value = tmp_path / "curated"
+    c.load_btn.clicked.emit()
+    assert len(c.candidates) == 2
+    c.accept_btn.clicked.emit()
+    c.accept_btn.clicked.emit()
+    assert c.accepted == 2
+    assert len(list((tmp_path / "curated" / "labels").glob("*.tif"))) == 2
+    assert notifications.errors == []
+
+
+def test_curate_finds_a_3d_pair_by_its_link(make_napari_viewer_proxy, tmp_path):
+    from cellsynth._widgets._common import link_metadata
+
+    viewer = make_napari_viewer_proxy()
+    vol = disks(shape=(5, 48, 48), centres=((2, 20, 20), (2, 30, 34)), radius=5)
+    meta = {"cellsynth": {"synthetic": True, "bundle": "/b/b3", "params": {"seed": 1}}}
+    im, lm = link_metadata(meta)
+    viewer.add_image(image_for(vol), name="renamed by the user", metadata=im)
+    viewer.add_labels(vol, name="something else", metadata=lm)
+    c = open_widget(viewer, "Curate")
+    c.output.value = tmp_path / "curated"
+    c.load_btn.clicked.emit()
+    assert [x.name for x in c.candidates] == ["b3_seed1"]
+    assert c.labels_layer.data.shape == (5, 48, 48)
+
+
+def test_curate_saves_corrected_labels_and_never_touches_the_originals(
+    make_napari_viewer_proxy, tmp_path
+):
     from cellsynth.io import read_dataset
 
     src = _dataset(tmp_path / "synthetic", n=3)
     original = {p.name: tifffile.imread(p) for p in (src / "labels").iterdir()}
     meta = {
+        "origin": "synthetic",
         "samples": {
             "p0": {"quality": {"SEG": 0.2}},
             "p1": {"quality": {"SEG": 0.9}},
             "p2": {"quality": {"SEG": 0.5}},
-        }
+        },
     }
     (src / "dataset.json").write_text(json.dumps(meta))
-    viewer = make_napari_viewer()
-    w = CurateWidget(viewer)
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Curate")
     w.source.value, w.output.value = src, tmp_path / "curated"
     w.load_btn.clicked.emit()
     assert w.current.name == "p1"  # best quality first
@@ -198,103 +387,171 @@ def test_curate_widget_saves_corrected_labels_and_never_touches_the_originals(
         assert np.array_equal(tifffile.imread(p), original[p.name])
 
 
-def test_curate_widget_keyboard_shortcuts_and_layers_from_synthesize(
-    make_napari_viewer, qtbot, tmp_path
+def test_curate_refuses_a_real_data_set_as_synthetic_source_and_target(
+    make_napari_viewer_proxy, tmp_path, notifications
 ):
-    from cellsynth._widgets._curate import CurateWidget
+    real = _dataset(tmp_path / "real", n=2, origin="real")
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Curate")
+    w.source.value, w.output.value = real, tmp_path / "curated"
+    w.load_btn.clicked.emit()
+    assert len(notifications.errors) == 1 and "not a synthetic data set" in notifications.errors[0]
+    assert w.candidates == []
+    w.source.value = _dataset(tmp_path / "synthetic", n=1, origin="synthetic")
+    w.output.value = real
+    w.load_btn.clicked.emit()
+    w.accept_btn.clicked.emit()
+    assert len(notifications.errors) == 2 and "origin 'real'" in notifications.errors[1]
+    assert sorted(p.name for p in (real / "labels").iterdir()) == ["p0.tif", "p1.tif"]
 
-    viewer = make_napari_viewer()
+
+def test_curate_keyboard_shortcut_accepts(make_napari_viewer_proxy, tmp_path):
+    from app_model.types import KeyBinding
+
+    from cellsynth._widgets._common import link_metadata
+
+    viewer = make_napari_viewer_proxy()
     lab = disks()
-    meta = {"cellsynth": {"synthetic": True, "bundle": "/b/mybundle", "params": {"seed": 3}}}
-    viewer.add_image(image_for(lab), name="synth mybundle seed 3", metadata=meta)
-    viewer.add_labels(lab, name="synth mybundle seed 3 labels", metadata=meta)
-    w = CurateWidget(viewer)
+    im, lm = link_metadata(
+        {"cellsynth": {"synthetic": True, "bundle": "/b/mybundle", "params": {"seed": 3}}}
+    )
+    viewer.add_image(image_for(lab), name="synth mybundle seed 3", metadata=im)
+    viewer.add_labels(lab, name="synth mybundle seed 3 labels", metadata=lm)
+    w = open_widget(viewer, "Curate")
     w.output.value = tmp_path / "curated"
     w.load_btn.clicked.emit()
     assert w.current.name == "mybundle_seed3"
-    from app_model.types import KeyBinding
-
     viewer.keymap[KeyBinding.from_str("A")](viewer)  # the A key accepts
     assert (tmp_path / "curated" / "labels" / "mybundle_seed3.tif").exists()
     assert w.accepted == 1
     assert "all pairs reviewed" in w.current_label.value
 
 
-def test_finetune_widget_trains_in_a_subprocess_then_predicts_and_evaluates(
-    make_napari_viewer, qtbot, tmp_path, errors
-):
-    from cellsynth._widgets._finetune import FinetuneWidget
-    from cellsynth.io import read_dataset
+# ---------------------------------------------------------------------- Fine-tune
 
-    viewer = make_napari_viewer()
+TINY_CELLPOSE = {"bsize": 64, "batch_size": 4, "nimg_per_epoch": 4}
+
+
+def _real_copies() -> set[str]:
+    return set(glob.glob(str(Path(tempfile.gettempdir()) / "cellsynth-real-*")))
+
+
+def test_finetune_trains_in_a_subprocess_then_predicts_evaluates_and_cleans_up(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
     real = _dataset(tmp_path / "real")
-    pair = read_dataset(real).pairs[0]
-    img = viewer.add_image(pair.image, name="real")
-    lab = viewer.add_labels(pair.labels, name="real labels")
-    w = FinetuneWidget(viewer)
+    img, lab = _pair_layers(viewer, tmp_path)
+    before = _real_copies()
+    w = open_widget(viewer, "Fine-tune")
     w.image_pick.value, w.labels_pick.value = img, lab
-    w.synthetic.value = _dataset(tmp_path / "synthetic", seed=1)
+    w.synthetic.value = _dataset(tmp_path / "synthetic", seed=1, origin="synthetic")
     w.validation.value = real
     w.epochs.value = 1
     w.device.value = "cpu"
     w.output.value = tmp_path / "model"
-    w.extra_settings = {"bsize": 64, "batch_size": 4, "nimg_per_epoch": 4}
+    w.extra_settings = dict(TINY_CELLPOSE)
+    w.progress.value = 1000
     w.start_btn.clicked.emit()
-    _wait(qtbot, w.job, timeout=180_000)
+    assert w.progress.value == 0
+    copy = w._tmp  # the layers went to a temporary folder for the subprocess
+    assert copy is not None and str(copy) in _real_copies() - before
+    _wait(qtbot, lambda: w.job, timeout=180_000)
     assert (tmp_path / "model").exists()
-    qtbot.waitUntil(lambda: bool(w.evaluation or errors), timeout=120_000)
-    assert not errors
+    assert not copy.exists()  # ... removed when the job ended
+    qtbot.waitUntil(lambda: bool(w.evaluation or notifications.errors), timeout=120_000)
+    assert notifications.errors == []
     assert set(w.evaluation) >= {"SEG", "AP50", "bPQ"}
     assert any(la.name == "predictions model" for la in viewer.layers)
+    assert w.plot.drawn_points >= 1
     assert w.table.shape[0] == 1
     assert tuple(w.table.column_headers) == ("SEG", "AP50", "bPQ", "images")
+    # a prediction without any cell is reported, not shown silently
+    blank = viewer.add_image(np.zeros((96, 96), np.uint16), name="blank")
+    w.image_pick.value, w.validation.value = blank, ""
+    w.predict_and_evaluate()
+    _wait(qtbot, lambda: w.job)
+    assert w.predicted_cells == 0
+    assert any("found no cells" in m for m in notifications.warnings)
 
 
-def test_finetune_widget_cancel_keeps_the_last_weights(make_napari_viewer, qtbot, tmp_path):
-    from cellsynth._widgets._finetune import FinetuneWidget
+def test_finetune_cancel_keeps_the_last_weights(make_napari_viewer_proxy, qtbot, tmp_path):
     from cellsynth.segment import load_model
 
-    viewer = make_napari_viewer()
-    w = FinetuneWidget(viewer)
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Fine-tune")
     w.real_folder.value = _dataset(tmp_path / "real")
     w.epochs.value = 500
     w.device.value = "cpu"
     w.output.value = tmp_path / "model"
-    w.extra_settings = {"bsize": 64, "batch_size": 4, "nimg_per_epoch": 4}
+    w.extra_settings = dict(TINY_CELLPOSE)
     w.start_btn.clicked.emit()
     qtbot.waitUntil(lambda: w.progress.value > 0, timeout=120_000)
     w.cancel_btn.clicked.emit()
-    _wait(qtbot, w.job, timeout=120_000)
+    _wait(qtbot, lambda: w.job, timeout=120_000)
     assert w.subprocess.result.kind == "cancelled"
+    assert w.status.value.startswith("cancelled after")
     load_model(tmp_path / "model", "cpu")
 
 
-def test_plugin_menu_lists_the_four_widgets():
-    import npe2
+def test_finetune_cancelled_before_the_first_batch_says_so_and_predicts_nothing(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Fine-tune")
+    w.real_folder.value = _dataset(tmp_path / "real")
+    w.device.value = "cpu"
+    w.output.value = tmp_path / "model"
+    w.extra_settings = dict(TINY_CELLPOSE)
+    w.progress.value = 1000
+    w.start_btn.clicked.emit()
+    w.cancel_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job, timeout=120_000)
+    assert w.status.value.startswith("cancelled before the first training batch")
+    assert w.progress.value == 0
+    assert not any(la.name.startswith("predictions") for la in viewer.layers)
+    assert not any("model written" in m for m in notifications.infos)
+    assert len([m for m in notifications.warnings if "cancelled before" in m]) == 1
 
-    pm = npe2.PluginManager.instance()
-    pm.discover()
-    names = {w.display_name for w in pm.get_manifest("cellsynth").contributions.widgets}
-    assert names == {"Learn", "Synthesize", "Curate", "Fine-tune"}
+
+def test_closing_napari_stops_a_running_finetune(make_napari_viewer_proxy, qtbot, tmp_path):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Fine-tune")
+    w.real_folder.value = _dataset(tmp_path / "real")
+    w.epochs.value, w.device.value = 500, "cpu"
+    w.output.value = tmp_path / "model"
+    w.extra_settings = dict(TINY_CELLPOSE)
+    w.start_btn.clicked.emit()
+    job = w.subprocess
+    assert job.running
+    viewer.close()
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
 
 
-def test_widgets_hand_their_results_to_the_next_step(make_napari_viewer, qtbot, tmp_path):
-    from cellsynth._widgets._curate import CurateWidget
-    from cellsynth._widgets._finetune import FinetuneWidget
-    from cellsynth._widgets._learn import LearnWidget
-    from cellsynth._widgets._synthesize import SynthesizeWidget
-    from cellsynth.bundle import builtin_bundle_path
+def test_finetune_existing_model_file_is_one_notification(
+    make_napari_viewer_proxy, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Fine-tune")
+    w.real_folder.value = _dataset(tmp_path / "real")
+    (tmp_path / "model").write_text("someone's model")
+    w.output.value = tmp_path / "model"
+    w.start_btn.clicked.emit()
+    assert len(notifications.errors) == 1 and "already exists" in notifications.errors[0]
+    assert w.subprocess is None
 
-    viewer = make_napari_viewer()
-    learn, synth = LearnWidget(viewer), SynthesizeWidget(viewer)
-    curate, tune = CurateWidget(viewer), FinetuneWidget(viewer)
-    learn.output.value = builtin_bundle_path()  # as if training had just written it
-    learn._on_finished()
-    assert str(synth.bundle.value) == str(builtin_bundle_path())
+
+def test_widgets_hand_their_results_to_the_next_step(make_napari_viewer_proxy, tmp_path):
+    from cellsynth._widgets._common import link_metadata
+
+    viewer = make_napari_viewer_proxy()
+    curate, tune = open_widget(viewer, "Curate"), open_widget(viewer, "Fine-tune")
     lab = disks()
-    meta = {"cellsynth": {"synthetic": True, "bundle": "/b/x", "params": {"seed": 0}}}
-    viewer.add_image(image_for(lab), name="synth x seed 0", metadata=meta)
-    viewer.add_labels(lab, name="synth x seed 0 labels", metadata=meta)
+    im, lm = link_metadata(
+        {"cellsynth": {"synthetic": True, "bundle": "/b/x", "params": {"seed": 0}}}
+    )
+    viewer.add_image(image_for(lab), name="synth x seed 0", metadata=im)
+    viewer.add_labels(lab, name="synth x seed 0 labels", metadata=lm)
     curate.output.value = tmp_path / "curated"
     curate.load_btn.clicked.emit()
     curate.accept()

@@ -142,6 +142,10 @@ class SubprocessJob:
             except json.JSONDecodeError:
                 continue
             kind = next(iter(obj))
+            if kind == "error" and self._cancelled:
+                # interrupted while starting (e.g. inside an import): a cancellation, not a bug
+                log.info("job cancelled: %s", obj[kind])
+                kind, obj = "cancelled", {"cancelled": True}
             msg = JobMessage(kind, obj[kind])
             if kind != "progress":
                 self.result = msg

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import time
+import uuid
 import weakref
 from pathlib import Path
 from typing import Any
@@ -35,19 +37,102 @@ def offer(method: str, value: Any) -> None:
                 pass
 
 
-def notify_error(exc: BaseException) -> None:
-    """Show the one-line message of an error as a napari notification (no traceback)."""
+# the core speaks to the command line; in the GUI the same advice names the buttons
+_GUI_WORDS = (
+    ("; choose a new folder or pass --resume", "; choose a new bundle folder or press Resume"),
+    ("pass --resume", "press Resume"),
+    ("--epochs", "epochs"),
+    ("--3d", "the 3D stacks option"),
+)
+
+
+def gui_message(exc: BaseException) -> str:
+    """One line for a notification: the core's message in GUI words, never a traceback."""
+    if isinstance(exc, CellsynthInputError):
+        msg = str(exc)
+    else:
+        msg = f"{exc.__class__.__name__}: {exc}"
+    for cli, gui in _GUI_WORDS:
+        msg = msg.replace(cli, gui)
+    return msg.splitlines()[0] if msg else exc.__class__.__name__
+
+
+def notify_error(exc: BaseException) -> str:
+    """Show an error as one napari notification (no traceback); return its text."""
     from napari.utils.notifications import show_error
 
-    msg = str(exc) if isinstance(exc, CellsynthInputError) else (f"{exc.__class__.__name__}: {exc}")
+    msg = gui_message(exc)
     log.warning("%s", msg)
     show_error(msg)
+    return msg
 
 
 def notify(msg: str) -> None:
     from napari.utils.notifications import show_info
 
     show_info(msg)
+
+
+def notify_warning(msg: str) -> None:
+    from napari.utils.notifications import show_warning
+
+    show_warning(msg)
+
+
+def alive(widget: Any) -> bool:
+    """Whether a magicgui widget's Qt object still exists (napari deletes docks on close)."""
+    try:
+        widget.native.objectName()
+    except RuntimeError:
+        return False
+    return True
+
+
+def wrap_label(label: Any) -> Any:
+    """Let a status Label wrap instead of being cut off by the dock's width."""
+    from qtpy.QtWidgets import QSizePolicy
+
+    label.native.setWordWrap(True)
+    label.native.setMinimumWidth(220)
+    label.native.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+    return label
+
+
+# ---------------------------------------------------------------- pairs of layers
+
+LINK = "pair_id"
+
+
+def link_metadata(meta: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metadata for an Image layer and its Labels layer that name each other by one id.
+
+    napari renames layers freely (``… [1]`` when a name is taken), so pairs are found by this
+    stored link, never by name.
+    """
+    pair_id = uuid.uuid4().hex
+    inner = dict(meta.get("cellsynth", {}))
+    return (
+        {**meta, "cellsynth": {**inner, LINK: pair_id, "role": "image"}},
+        {**meta, "cellsynth": {**inner, LINK: pair_id, "role": "labels"}},
+    )
+
+
+def linked_pairs(viewer: Any, synthetic_only: bool = False) -> list[tuple[Any, Any]]:
+    """(Image, Labels) layers of the viewer joined by their stored link, in layer order."""
+    labels = {}
+    for la in layers_of(viewer, "Labels"):
+        meta = la.metadata.get("cellsynth", {})
+        if meta.get(LINK) and meta.get("role") == "labels":
+            labels[meta[LINK]] = la
+    out = []
+    for img in layers_of(viewer, "Image"):
+        meta = img.metadata.get("cellsynth", {})
+        if synthetic_only and not meta.get("synthetic"):
+            continue
+        lab = labels.get(meta.get(LINK)) if meta.get("role") == "image" else None
+        if lab is not None:
+            out.append((img, lab))
+    return out
 
 
 def layers_of(viewer: Any, kind: str) -> list:
@@ -71,6 +156,21 @@ class LayerPicker(ComboBox):
             self.reset_choices()
         except RuntimeError:  # the Qt widget is gone (viewer closing)
             pass
+
+
+def follow_link(image_pick: LayerPicker, labels_pick: LayerPicker) -> None:
+    """Picking an Image layer also picks its linked Labels layer (reader, sample, Synthesize)."""
+
+    def pick(image: Any) -> None:
+        if image is None:
+            return
+        pair_id = image.metadata.get("cellsynth", {}).get(LINK)
+        for lab in labels_pick.choices:
+            if lab is not None and lab.metadata.get("cellsynth", {}).get(LINK) == pair_id:
+                labels_pick.value = lab
+                return
+
+    image_pick.changed.connect(pick)
 
 
 def scale_to_voxel(layer: Any) -> tuple[float, ...] | None:
@@ -121,7 +221,13 @@ def write_pairs_folder(pairs: list[Pair], root: Path) -> Path:
 
 
 class LossPlot(Container):
-    """A live loss curve (matplotlib in Qt) that the training widgets update."""
+    """A live loss curve (matplotlib in Qt) that the training widgets update.
+
+    It draws from the first point on (a lone point shows as a dot), then at most every
+    ``interval`` seconds so that fast reports do not slow the GUI.
+    """
+
+    interval = 1.0
 
     def __init__(self, title: str = "loss") -> None:
         super().__init__(labels=False)
@@ -136,6 +242,7 @@ class LossPlot(Container):
         self.native.layout().addWidget(self.canvas)
         self.title = title
         self.series: dict[str, list[tuple[float, float]]] = {}
+        self._drawn_at = 0.0
         self.clear()
 
     def clear(self) -> None:
@@ -143,9 +250,13 @@ class LossPlot(Container):
         self._draw()
 
     def add(self, name: str, x: float, y: float) -> None:
+        """Add a point; the plot redraws now when it is a series' first, else when due."""
         if y is None or not np.isfinite(y):
             return
+        first = name not in self.series
         self.series.setdefault(name, []).append((x, y))
+        if first or time.monotonic() - self._drawn_at >= self.interval:
+            self._draw()
 
     def _draw(self) -> None:
         ax = self.ax
@@ -158,11 +269,18 @@ class LossPlot(Container):
         for name, pts in self.series.items():
             if pts:
                 xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, label=name, linewidth=1.2)
+                ax.plot(xs, ys, label=name, linewidth=1.2, marker="o" if len(pts) == 1 else None)
         if self.series:
             ax.legend(fontsize=7, facecolor="#262930", labelcolor="#dddddd")
             ax.set_yscale("log")
-        self.canvas.draw_idle()
+        # drawn now, not via draw_idle: a deferred draw can fire after napari deleted the canvas
+        self.canvas.draw()
+        self._drawn_at = time.monotonic()
+
+    @property
+    def drawn_points(self) -> int:
+        """How many points the axes show now (what the user sees, for tests)."""
+        return sum(len(line.get_xdata()) for line in self.ax.get_lines())
 
     def redraw(self) -> None:
         self._draw()
@@ -173,6 +291,10 @@ class GeneratorJob:
 
     Cancelling stops the loop at the next report and closes the generator *in the worker
     thread*, so its cleanup (e.g. writing the last checkpoint) does not block the GUI.
+
+    An error raised in the worker becomes exactly one notification in GUI words (``errored``
+    is connected through ``_connect``, so superqt does not re-raise it in the GUI thread with
+    its traceback); ``error`` keeps its text for the ``finished`` handler, which always runs.
     """
 
     def __init__(
@@ -184,6 +306,8 @@ class GeneratorJob:
         self._abort = False
         self._started = False
         self._done = False
+        self.error: str | None = None
+        self._errored = errored
 
         def run():
             try:
@@ -194,16 +318,26 @@ class GeneratorJob:
             finally:
                 gen.close()
 
-        self.worker = create_worker(run, _progress=False, _start_thread=False)
+        self.worker = create_worker(
+            run, _progress=False, _start_thread=False, _connect={"errored": self._on_error}
+        )
         self.worker.finished.connect(self._set_done)
         if yielded is not None:
             self.worker.yielded.connect(yielded)
         if finished is not None:
             self.worker.finished.connect(finished)
-        self.worker.errored.connect(errored or notify_error)
+
+    def _on_error(self, exc: BaseException) -> None:
+        self.error = notify_error(exc)
+        if self._errored is not None:
+            self._errored(self.error)
 
     def _set_done(self) -> None:
         self._done = True
+
+    @property
+    def cancelled(self) -> bool:
+        return self._abort
 
     def start(self) -> GeneratorJob:
         self._started = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import Container, Label, PushButton
@@ -20,14 +20,19 @@ from cellsynth._widgets._common import (
     GeneratorJob,
     contrast_limits,
     folder_edit,
-    layers_of,
+    linked_pairs,
     notify,
     notify_error,
+    notify_warning,
     offer,
     path_or_none,
     register,
+    wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
+
+if TYPE_CHECKING:
+    import napari.viewer
 
 
 @dataclass
@@ -41,19 +46,25 @@ class Candidate:
 
 
 class CurateWidget(Container):
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
-        self.source = folder_edit("synthetic folder (empty: layers)")
+        self.source = folder_edit("synthetic folder")
+        self.source.tooltip = (
+            "a folder written by Synthesize or `cellsynth synthesize`; empty: the pairs the "
+            "Synthesize widget added as layers"
+        )
         self.output = folder_edit("curated folder", value=str(Path.home() / "cellsynth-curated"))
+        self.output.tooltip = "accepted pairs are written here (a new or a curated folder)"
         self.load_btn = PushButton(text="Load pairs")
         self.accept_btn = PushButton(text="Accept [A]")
         self.reject_btn = PushButton(text="Reject [R]")
         self.next_btn = PushButton(text="Next [N]")
-        self.model = folder_edit("segmenter model (optional)", mode="r")
+        self.model = folder_edit("segmenter", mode="r")
+        self.model.tooltip = "optional: a Cellpose model file for pseudo-labels"
         self.pseudo_btn = PushButton(text="Show pseudo-labels")
-        self.counts = Label(label="", value="no pairs loaded")
-        self.current_label = Label(label="", value="")
+        self.counts = wrap_label(Label(label="", value="no pairs loaded"))
+        self.current_label = wrap_label(Label(label="", value=""))
         row = Container(
             widgets=[self.accept_btn, self.reject_btn, self.next_btn],
             layout="horizontal",
@@ -105,7 +116,9 @@ class CurateWidget(Container):
 
     def _from_folder(self, folder: Path) -> list[Candidate]:
         from cellsynth.io import read_dataset
+        from cellsynth.outputs import check_synthetic_source
 
+        check_synthetic_source(folder)  # a real annotated data set is not curated as synthetic
         ds = read_dataset(folder, require_labels=True, require_images=True)
         samples = ds.meta.get("samples", {})
         out = []
@@ -118,17 +131,9 @@ class CurateWidget(Container):
         return out
 
     def _from_layers(self) -> list[Candidate]:
-        images = [
-            la
-            for la in layers_of(self.viewer, "Image")
-            if la.metadata.get("cellsynth", {}).get("synthetic")
-        ]
-        labels = {la.name: la for la in layers_of(self.viewer, "Labels")}
+        """The Synthesize widget's pairs, joined by the link stored in their metadata."""
         out = []
-        for img in images:
-            lab = labels.get(f"{img.name} labels")
-            if lab is None:
-                continue
+        for img, lab in linked_pairs(self.viewer, synthetic_only=True):
             meta = img.metadata["cellsynth"]
             seed = meta.get("params", {}).get("seed", 0)
             out.append(
@@ -177,10 +182,12 @@ class CurateWidget(Container):
 
     def _writer(self) -> Any:
         from cellsynth.io import DatasetWriter
+        from cellsynth.outputs import check_synthetic_target
 
         out = path_or_none(self.output)
         if out is None:
             raise CellsynthInputError("choose a curated folder")
+        check_synthetic_target(out)
         src = path_or_none(self.source)
         if src is not None and out.resolve() == src.resolve():
             raise CellsynthInputError(
@@ -254,6 +261,7 @@ class CurateWidget(Container):
 
         def show(labels: Any) -> None:
             self.viewer.add_labels(labels, name=name, opacity=0.4)
-            notify(f"{int(labels.max())} cells found by the segmenter")
+            n = len(np.unique(labels[labels > 0]))
+            (notify if n else notify_warning)(f"{n} cells found by the segmenter")
 
         self.job = GeneratorJob(run(), yielded=show).start()

@@ -8,9 +8,10 @@ validation data are given, an evaluation table (SEG, AP50, bPQ) is shown.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui.widgets import (
@@ -29,29 +30,46 @@ from cellsynth._widgets._common import (
     GeneratorJob,
     LayerPicker,
     LossPlot,
+    alive,
     folder_edit,
+    follow_link,
     notify,
     notify_error,
+    notify_warning,
     pairs_from_layers,
     path_or_none,
     register,
+    wrap_label,
     write_pairs_folder,
 )
 from cellsynth.errors import CellsynthInputError
 
+if TYPE_CHECKING:
+    import napari.viewer
+
+
+def _cancel_all(jobs: list) -> None:
+    for job in jobs:
+        if job.running:
+            job.cancel()
+
 
 class FinetuneWidget(Container):
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
         self.image_pick = LayerPicker(viewer, "Image", "real image layer")
         self.labels_pick = LayerPicker(viewer, "Labels", "real labels layer")
+        follow_link(self.image_pick, self.labels_pick)
         self.real_folder = folder_edit("or real folder")
-        self.synthetic = folder_edit("curated synthetic folder")
-        self.validation = folder_edit("validation folder (optional)")
+        self.synthetic = folder_edit("synthetic folder")
+        self.synthetic.tooltip = "the curated synthetic pairs (the Curate widget's folder)"
+        self.validation = folder_edit("validation folder")
+        self.validation.tooltip = "optional: held-out real pairs for the evaluation table"
         self.p_real = FloatSpinBox(label="p_real", value=0.6, min=0, max=1, step=0.05)
         self.epochs = SpinBox(label="epochs", value=100, min=1, max=100_000)
-        self.pretrained = folder_edit("start from model (optional)", mode="r")
+        self.pretrained = folder_edit("start from", mode="r")
+        self.pretrained.tooltip = "optional: a local Cellpose model file to fine-tune"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.output = folder_edit(
             "model file", mode="w", value=str(Path.home() / "cellsynth-cellpose-model")
@@ -59,7 +77,7 @@ class FinetuneWidget(Container):
         self.start_btn = PushButton(text="Start")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
-        self.status = Label(label="", value="")
+        self.status = wrap_label(Label(label="", value=""))
         self.plot = LossPlot("Cellpose training loss")
         self.table = Table(
             value={k: [] for k in ("SEG", "AP50", "bPQ", "images")}, label="evaluation"
@@ -93,7 +111,12 @@ class FinetuneWidget(Container):
         self.job: GeneratorJob | None = None
         self.model_path: Path | None = None
         self.evaluation: dict[str, Any] | None = None
+        self.predicted_cells: int | None = None
         self.extra_settings: dict[str, Any] = {}  # for tests and power users (bsize, ...)
+        self._tmp: Path | None = None  # the real layers copied for the subprocess
+        self._batches = 0
+        self._jobs: list = []  # closing the widget (or napari) cancels a running training
+        self.native.destroyed.connect(lambda *_, jobs=self._jobs: _cancel_all(jobs))
         register(self)
 
     def offer_synthetic(self, path: Path) -> None:
@@ -112,8 +135,8 @@ class FinetuneWidget(Container):
             real = [str(real_folder)]
         else:
             pairs = pairs_from_layers(self.image_pick.value, self.labels_pick.value)
-            tmp = Path(tempfile.mkdtemp(prefix="cellsynth-real-"))
-            real = [str(write_pairs_folder(pairs, tmp / "real"))]
+            self._tmp = Path(tempfile.mkdtemp(prefix="cellsynth-real-"))
+            real = [str(write_pairs_folder(pairs, self._tmp / "real"))]
         synthetic = [str(p) for p in [path_or_none(self.synthetic)] if p is not None]
         pre = path_or_none(self.pretrained)
         return {
@@ -135,11 +158,15 @@ class FinetuneWidget(Container):
         try:
             spec = self._spec()
         except CellsynthInputError as exc:
+            self._remove_tmp()
             notify_error(exc)
             return
         self.model_path = Path(spec["output"])
         self.subprocess = SubprocessJob("finetune", spec).start()
+        self._jobs[:] = [self.subprocess]
         self.plot.clear()
+        self.progress.value = 0
+        self._batches = 0
         self.table.visible = False
         self.start_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = "starting Cellpose in a subprocess…"
@@ -148,40 +175,68 @@ class FinetuneWidget(Container):
         ).start()
 
     def cancel(self) -> None:
-        if self.subprocess is not None:
+        if self.subprocess is not None and self.subprocess.running:
             self.status.value = "cancelling: keeping the last weights…"
             self.subprocess.cancel()
 
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
+
     def _on_message(self, msg: Any) -> None:
+        if not alive(self):  # napari closed while the job ran
+            return
         if msg.kind == "progress":
             p = msg.data
+            self._batches = int(p["batch"])
             self.progress.value = int(1000 * p["fraction"])
             self.status.value = (
                 f"epoch {p['epoch']}/{p['epochs']} · loss {p['loss']:.4f} · {p['elapsed']:.0f} s"
             )
             self.plot.add("batch", p["batch"], p["loss"])
-            if p["batch"] % 5 == 0:
-                self.plot.redraw()
         elif msg.kind == "error":
-            notify_error(CellsynthInputError(str(msg.data)))
-            self.status.value = f"failed: {msg.data}"
-        elif msg.kind == "cancelled":
-            self.status.value = f"cancelled; last weights in {self.model_path}"
-        elif msg.kind == "done":
-            self.status.value = f"done: {self.model_path}"
+            text = notify_error(CellsynthInputError(str(msg.data)))
+            self.status.value = f"failed: {text}"
 
     def _on_finished(self) -> None:
+        """Say what the run left behind; predict only with a model that trained."""
+        self._remove_tmp()
+        if not alive(self):  # napari closed while the job ran: nobody to tell
+            return
         self.start_btn.enabled, self.cancel_btn.enabled = True, False
         self.plot.redraw()
         result = self.subprocess.result if self.subprocess else None
-        if (
-            result is not None
-            and result.kind in ("done", "cancelled")
-            and self.model_path is not None
-            and self.model_path.exists()
-        ):
-            notify(f"Cellpose model written to {self.model_path}")
-            self.predict_and_evaluate()
+        kind = result.kind if result is not None else "error"
+        written = self.model_path is not None and self.model_path.exists()
+        if self.job is not None and self.job.error is not None:
+            self.status.value = f"failed: {self.job.error}"
+            return
+        if kind == "error":
+            self.progress.value = 0
+            return  # the subprocess's error was notified by _on_message
+        if kind == "cancelled" and (self._batches == 0 or not written):
+            self.progress.value = 0
+            msg = "cancelled before the first training batch: no model to use"
+            if written:
+                msg += f" ({self.model_path} holds the starting weights)"
+            self.status.value = msg
+            notify_warning(msg)
+            return
+        if not written:
+            self.status.value = f"failed: the job ended without writing {self.model_path}"
+            notify_error(CellsynthInputError(self.status.value))
+            return
+        if kind == "cancelled":
+            self.status.value = (
+                f"cancelled after {self._batches} batches; the last weights are in "
+                f"{self.model_path}"
+            )
+        else:
+            self.progress.value = self.progress.max
+            self.status.value = f"done: {self.model_path}"
+        notify(f"Cellpose model written to {self.model_path}")
+        self.predict_and_evaluate()
 
     def predict_and_evaluate(self) -> None:
         """Segment the chosen image layer and, with validation data, fill the table."""
@@ -210,6 +265,13 @@ class FinetuneWidget(Container):
                 self.viewer.add_labels(
                     value, name=f"predictions {model_path.name}", scale=layer.scale, opacity=0.5
                 )
+                n = len(np.unique(value[value > 0]))
+                self.predicted_cells = n
+                if n == 0:
+                    notify_warning(
+                        f"the model {model_path.name} found no cells in '{layer.name}'; "
+                        "train longer, add real data or check the image"
+                    )
             else:
                 self.table.value = {
                     "SEG": [round(value["SEG"], 4)],

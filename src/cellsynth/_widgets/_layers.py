@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import defaultdict
 from typing import Any
 
@@ -70,7 +71,9 @@ def dataset_layers(ds: Dataset) -> list[LayerData]:
         if items[0][1] is not None:
             data = [img.data for _, img in items]
             arr = np.stack(data) if many else data[0]
-            kw = {"name": base, "scale": scale, "metadata": meta, "rgb": rgb}
+            pair_id = uuid.uuid4().hex  # the Image and Labels layer name each other by it
+            image_meta = {"cellsynth": {**meta["cellsynth"], "pair_id": pair_id, "role": "image"}}
+            kw = {"name": base, "scale": scale, "metadata": image_meta, "rgb": rgb}
             if axis_labels:
                 kw["axis_labels"] = axis_labels
             if not rgb:
@@ -83,6 +86,8 @@ def dataset_layers(ds: Dataset) -> list[LayerData]:
             labs = [p.labels if p.has_labels else np.zeros(shape, np.uint16) for p in pairs]
             dt = np.result_type(*[lab.dtype for lab in labs])
             lab = np.stack([lab.astype(dt, copy=False) for lab in labs]) if many else labs[0]
+            if items[0][1] is not None:
+                meta = {"cellsynth": {**meta["cellsynth"], "pair_id": pair_id, "role": "labels"}}
             kw = {
                 "name": f"{base} labels" if items[0][1] is not None else base,
                 "scale": scale,

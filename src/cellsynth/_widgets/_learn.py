@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
     CheckBox,
@@ -21,24 +23,56 @@ from cellsynth._widgets._common import (
     LayerPicker,
     LossPlot,
     folder_edit,
+    follow_link,
     notify,
     notify_error,
+    notify_warning,
     offer,
     pairs_from_layers,
     path_or_none,
     register,
+    wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+
+def steps_in_bundle(folder: Path) -> int:
+    """Training steps a bundle folder records (0 when it has none)."""
+    try:
+        meta = json.loads((folder / "bundle.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    training = meta.get("training", {})
+    return sum(int(v.get("steps", 0)) for v in training.values() if isinstance(v, dict))
+
+
+def check_bundle_folder(out: Path, resume: bool) -> None:
+    """The core's checks, asked before the worker starts and said with the widget's buttons."""
+    if resume and not (out / "training_state" / "state.json").exists():
+        raise CellsynthInputError(
+            "has no training to resume (no training_state/state.json); press Start to train "
+            "a new bundle",
+            out,
+        )
+    if not resume and out.exists() and any(out.iterdir()):
+        raise CellsynthInputError(
+            "is not empty; choose a new bundle folder, or press Resume to continue training it",
+            out,
+        )
 
 
 class LearnWidget(Container):
     """Pick Image + Labels layers (or a data folder), a new bundle folder and a time budget."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
         self.image_pick = LayerPicker(viewer, "Image", "image layer")
         self.labels_pick = LayerPicker(viewer, "Labels", "labels layer")
+        follow_link(self.image_pick, self.labels_pick)
         self.folder = folder_edit("or data folder")
         self.output = folder_edit(
             "bundle folder", mode="d", value=str(Path.home() / "cellsynth-bundle")
@@ -46,13 +80,20 @@ class LearnWidget(Container):
         self.three_d = CheckBox(
             text="3D stacks: also fit cell shapes in z and slice correlation (rho)", value=False
         )
-        self.minutes = FloatSpinBox(label="minutes", value=10.0, min=0.1, max=10_000, step=1)
+        self.minutes = FloatSpinBox(
+            label="minutes",
+            value=10.0,
+            min=0.1,
+            max=10_000,
+            step=1,
+            tooltip="time budget, preparing the data (cell atlas, texture tiles) included",
+        )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.start_btn = PushButton(text="Start")
         self.resume_btn = PushButton(text="Resume")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1000, value=0)
-        self.status = Label(label="", value="")
+        self.status = wrap_label(Label(label="", value=""))
         self.plot = LossPlot("training loss (EMA)")
         buttons = Container(
             widgets=[self.start_btn, self.resume_btn, self.cancel_btn],
@@ -78,7 +119,13 @@ class LearnWidget(Container):
         self.resume_btn.changed.connect(lambda: self._start(resume=True))
         self.cancel_btn.changed.connect(self._cancel)
         self.job: GeneratorJob | None = None
-        self._n = 0
+        self.bundle_path: Path | None = None  # set when a run trained and saved a bundle
+        self._out: Path | None = None
+        self._budget: float | None = None
+        self._last: Any = None
+        self._steps_before = 0
+        self._started_at = 0.0
+        self._prepared_in: float | None = None
         register(self)
 
     # ------------------------------------------------------------------ actions
@@ -98,11 +145,13 @@ class LearnWidget(Container):
             out = path_or_none(self.output)
             if out is None:
                 raise CellsynthInputError("choose a bundle folder")
+            check_bundle_folder(out, resume)
             pairs = self._pairs()
             settings = LearnSettings(
                 minutes=float(self.minutes.value), device=str(self.device.value)
             )
             self._configure(settings)
+            self._budget = settings.minutes
             if self.three_d.value:
                 from cellsynth.learn3d import Learn3DSettings, check_3d_pairs, learn_3d
 
@@ -116,10 +165,16 @@ class LearnWidget(Container):
             notify_error(exc)
             return
         self.plot.clear()
-        self._n = 0
+        self.progress.value = 0
+        self.bundle_path = None
+        self._out = out
+        self._last = None
+        self._steps_before = steps_in_bundle(out) if resume else 0
+        self._prepared_in = None
+        self._started_at = time.monotonic()
         self.job = GeneratorJob(gen, yielded=self._on_progress, finished=self._on_finished)
         self._set_running(True)
-        self.status.value = "starting…"
+        self.status.value = "preparing the data (cell atlas, texture tiles)…"
         self.job.start()
 
     def _configure(self, settings: Any) -> None:
@@ -129,29 +184,60 @@ class LearnWidget(Container):
         """Same for the 3D settings (multiview refinement steps, rho calibration)."""
 
     def _on_progress(self, p: Any) -> None:
-        self.progress.value = int(1000 * p.fraction)
+        self._last = p
+        if self._prepared_in is None:
+            self._prepared_in = time.monotonic() - self._started_at
         if p.done:
-            self.status.value = f"done: bundle saved to {p.checkpoint}"
             return
+        self.progress.value = int(1000 * p.fraction)
         self.plot.add(p.model.replace("_model", ""), p.step, p.loss)
-        self._n += 1
-        if self._n % 10 == 0:
-            self.plot.redraw()
         stage = " · 3D shapes" if p.model == "multiview_model" else ""
         self.status.value = (
-            f"mask {p.mask_step} · texture {p.texture_step} steps{stage} · {p.elapsed / 60:.1f} min"
+            f"mask {p.mask_step} · texture {p.texture_step} steps{stage} · "
+            f"{p.elapsed / 60:.1f} min (data prepared in {self._prepared_in:.0f} s)"
         )
 
+    @property
+    def steps_trained(self) -> int:
+        """Training steps this run made (a resumed run counts only its own)."""
+        return 0 if self._last is None else int(self._last.step) - self._steps_before
+
     def _on_finished(self) -> None:
+        """Say what the run did; hand a bundle on only when this run trained it."""
         self._set_running(False)
         self.plot.redraw()
-        out = path_or_none(self.output)
-        if out is not None and (out / "bundle.json").exists():
-            notify(f"bundle saved to {out}")
-            offer("offer_bundle", out)  # the Synthesize widget picks it up
+        job = self.job
+        if job is None:
+            return
+        if job.error is not None:
+            self.progress.value = 0
+            self.status.value = f"failed: {job.error}"
+            return
+        out = self._out
+        if self.steps_trained <= 0:
+            self.progress.value = 0
+            if job.cancelled:
+                msg = "cancelled before the first training step: no bundle to hand on"
+            else:
+                spent = time.monotonic() - self._started_at
+                budget = f"{self._budget:g} min" if self._budget else "no time limit"
+                msg = (
+                    f"no training step ran: preparing the data took {spent:.0f} s (budget: "
+                    f"{budget}); give it more minutes"
+                )
+            self.status.value = msg
+            notify_warning(msg)
+            return
+        self.bundle_path = out
+        if not job.cancelled:
+            self.progress.value = self.progress.max
+        what = "cancelled; the last checkpoint" if job.cancelled else "done; the bundle"
+        self.status.value = f"{what} ({self.steps_trained} steps) is saved in {out}"
+        notify(f"bundle saved to {out} ({self.steps_trained} training steps)")
+        offer("offer_bundle", out)  # the Synthesize widget picks it up
 
     def _cancel(self) -> None:
-        if self.job is not None:
+        if self.job is not None and self.job.running:
             self.status.value = "cancelling: saving the last checkpoint…"
             self.job.cancel()
 

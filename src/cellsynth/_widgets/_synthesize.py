@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from magicgui.widgets import (
     ComboBox,
@@ -21,21 +21,30 @@ from cellsynth._widgets._common import (
     GeneratorJob,
     contrast_limits,
     folder_edit,
+    link_metadata,
     notify,
     notify_error,
+    notify_warning,
     path_or_none,
     register,
+    wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
+
+if TYPE_CHECKING:
+    import napari.viewer
+
+GAP = 16  # pixels between the pairs of one run, laid out side by side
 
 
 class SynthesizeWidget(Container):
     """Bundle (built-in by default), canvas, cells, clustering, steps, seed, how many."""
 
-    def __init__(self, viewer: Any) -> None:
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
-        self.bundle = folder_edit("bundle (empty: built-in)")
+        self.bundle = folder_edit("bundle")
+        self.bundle.tooltip = "a generator bundle folder; empty: the built-in bundle"
         self.dims = ComboBox(
             label="dimensions",
             choices=["2D", "3D"],
@@ -68,12 +77,16 @@ class SynthesizeWidget(Container):
         )
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.how_many = SpinBox(label="how many", value=1, min=1, max=1000)
-        self.save_to = folder_edit("also write to folder")
+        self.save_to = folder_edit("write to folder")
+        self.save_to.tooltip = (
+            "optional: also write the pairs to this synthetic dataset folder (a new folder, or "
+            "one cellsynth synthesized; never a real data set)"
+        )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
         self.run_btn = PushButton(text="Synthesize")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
-        self.status = Label(label="", value="")
+        self.status = wrap_label(Label(label="", value=""))
         buttons = Container(
             widgets=[self.run_btn, self.cancel_btn], layout="horizontal", labels=False
         )
@@ -103,6 +116,8 @@ class SynthesizeWidget(Container):
         self.cancel_btn.changed.connect(self._cancel)
         self.job: GeneratorJob | None = None
         self.results: list[tuple[Any, Any]] = []  # (image layer, labels layer)
+        self._run_layers: list[tuple[Any, Any]] = []  # this run's pairs
+        self._written = 0
         register(self)
 
     def offer_bundle(self, path: Path) -> None:
@@ -133,14 +148,26 @@ class SynthesizeWidget(Container):
         )
 
     def _run(self) -> None:
+        from cellsynth.outputs import check_synthetic_target
+
         try:
             params = self.params()
             params.validate()
+            save_to = path_or_none(self.save_to)
+            if save_to is not None:
+                check_synthetic_target(save_to)
+            bundle = path_or_none(self.bundle)
+            if bundle is not None and not (bundle / "bundle.json").is_file():
+                raise CellsynthInputError(
+                    "is not a generator bundle (no bundle.json); choose a folder the Learn "
+                    "widget wrote, or leave it empty for the built-in bundle",
+                    bundle,
+                )
             gen = self._generate(
                 params,
                 int(self.how_many.value),
-                path_or_none(self.bundle),
-                path_or_none(self.save_to),
+                bundle,
+                save_to,
                 str(self.device.value),
             )
         except CellsynthInputError as exc:
@@ -150,6 +177,8 @@ class SynthesizeWidget(Container):
         self.progress.value = 0
         self.run_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = "loading the bundle…"
+        self._run_layers = []
+        self._written = 0
         self.job = GeneratorJob(gen, yielded=self._on_pair, finished=self._on_finished).start()
 
     @staticmethod
@@ -196,19 +225,32 @@ class SynthesizeWidget(Container):
                 "bundle": str(bundle.path),
                 "params": pair.params,
                 "dataset_name": name,
+                "dataset": str(path_or_none(self.save_to)) if name else None,
             }
         }
+        img_meta, lab_meta = link_metadata(meta)  # Curate finds the pair by this link
+        # the pairs of one run side by side along x, not on top of each other
+        translate = [0.0] * pair.labels.ndim
+        translate[-1] = len(self._run_layers) * (pair.labels.shape[-1] + GAP) * scale[-1]
         img = self.viewer.add_image(
             pair.image,
             name=f"synth {base}",
             scale=scale,
-            metadata=meta,
+            translate=translate,
+            metadata=img_meta,
             contrast_limits=contrast_limits(pair.image),
         )
         lab = self.viewer.add_labels(
-            pair.labels, name=f"synth {base} labels", scale=scale, metadata=meta, opacity=0.35
+            pair.labels,
+            name=f"synth {base} labels",
+            scale=scale,
+            translate=translate,
+            metadata=lab_meta,
+            opacity=0.35,
         )
         self.results.append((img, lab))
+        self._run_layers.append((img, lab))
+        self._written += name is not None
         self.progress.value = self.progress.value + 1
         rho = pair.params.get("rho")
         extra = f", rho {rho:g}" if rho is not None else ""
@@ -216,8 +258,18 @@ class SynthesizeWidget(Container):
 
     def _on_finished(self) -> None:
         self.run_btn.enabled, self.cancel_btn.enabled = True, False
-        if self.save_to.value and path_or_none(self.save_to):
-            notify(f"synthetic pairs written to {path_or_none(self.save_to)}")
+        job = self.job
+        n = len(self._run_layers)
+        if job is not None and job.error is not None:
+            self.status.value = f"failed after {n} pair(s): {job.error}"
+        elif job is not None and job.cancelled:
+            self.status.value = f"cancelled after {n} pair(s)"
+        if n > 1:
+            self.viewer.reset_view()  # show the whole row of pairs
+        if self._written:
+            notify(f"{self._written} synthetic pair(s) written to {path_or_none(self.save_to)}")
+        elif n == 0 and job is not None and job.error is None:
+            notify_warning("no synthetic pair was made")
 
     def _cancel(self) -> None:
         if self.job is not None:
