@@ -476,21 +476,34 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from cellsynth.experiment import load_config, run_experiment
+    from cellsynth.experiment import (
+        load_config,
+        row_devices,
+        run_experiment,
+        run_rows_in_parallel,
+    )
     from cellsynth.outputs import check_writable
 
     config = load_config(args.config)
     check_writable(args.output)
+    devices = row_devices(args.devices) if args.devices else []
+    if len(devices) > 1 and (args.budget_hours is not None or args.prepare):
+        raise CellsynthInputError(
+            "--devices runs rows side by side: not with --budget-hours or --prepare"
+        )
     bar = _progress_bar(100, "experiment", unit="%")
-    job = run_experiment(
-        config,
-        args.output,
-        device=args.device,
-        only=args.only,
-        budget_hours=args.budget_hours,
-        command=["cellsynth", *args.argv],
-        prepare_only=args.prepare,
-    )
+    if len(devices) > 1:
+        job = run_rows_in_parallel(config, args.output, devices, only=args.only)
+    else:
+        job = run_experiment(
+            config,
+            args.output,
+            device=devices[0] if devices else args.device,
+            only=args.only,
+            budget_hours=args.budget_hours,
+            command=["cellsynth", *args.argv],
+            prepare_only=args.prepare,
+        )
     stage = None
     try:
         for p in job:
@@ -870,6 +883,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only learn the bundle and synthesize the pairs (look at them before training)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEV",
+        help="train rows side by side, one per device: 'auto' (every GPU) or names "
+        "(cuda:0 cuda:1 ...); one process per row, logs in OUTPUT/logs/",
+    )
     p.set_defaults(func=cmd_experiment)
     return parser
 
