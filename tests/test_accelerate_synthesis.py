@@ -106,3 +106,13 @@ def test_neus_fits_on_the_synthesizer_device(monkeypatch):
     gen = torch.Generator().manual_seed(0)
     vols, _ = synth.cell_volumes(masks, 1.0, rng, gen)
     assert seen == [synth.device] and len(vols) == 1 and vols[0].ndim == 3
+
+
+def test_process_0_alone_saves_the_multiview_model(tmp_path):
+    from cellsynth.shapes.multiview import MultiviewModel
+
+    out = tmp_path / "mv"
+    args = ["train-multiview", "-o", str(out), "--steps", "2", "--batch", "2"]
+    done = launch([*args, "--widths", "8", "16", "--device", "cpu"], processes=2)
+    assert done.stdout.count("multiview model written") == 1, done.stdout
+    assert MultiviewModel.load(out).path is not None
