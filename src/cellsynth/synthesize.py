@@ -435,9 +435,14 @@ def process_share(n: int, device: str | Any = "auto") -> tuple[list[int], Any]:
     """
     if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
         return list(range(n)), None
+    from datetime import timedelta
+
     from accelerate import PartialState
 
-    state = PartialState(cpu=select_device(device).type == "cpu")
+    # the processes meet only at the end, and a resumed run may leave one process far more
+    # pairs than another: a week, not torch's 30 minutes (torchrun stops all if one fails)
+    cpu = select_device(device).type == "cpu"
+    state = PartialState(cpu=cpu, timeout=timedelta(days=7))
     with state.split_between_processes(list(range(n))) as mine:
         mine = list(mine)
     log.info(
