@@ -27,23 +27,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def _learn(out, mask, texture, *, processes=1, resume=False):
-    args = [
-        "learn",
-        str(sample_dataset_path()),
-        "-o",
-        str(out),
-        "--tiny",
-        "--minutes",
-        "0",
-        "--mask-steps",
-        str(mask),
-        "--texture-steps",
-        str(texture),
-        "--device",
-        "cpu",
-        *(["--resume"] if resume else []),
-    ]
+def launch(args, processes=1):
+    """``python -m cellsynth ARGS`` or ``accelerate launch --cpu --num_processes N -m cellsynth
+    ARGS`` (one thread per process); returns the finished process."""
     if processes == 1:
         cmd = [sys.executable, "-m", "cellsynth", *args]
     else:
@@ -69,6 +55,29 @@ def _learn(out, mask, texture, *, processes=1, resume=False):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def _learn(out, mask, texture, *, processes=1, resume=False):
+    args = [
+        "learn",
+        str(sample_dataset_path()),
+        "-o",
+        str(out),
+        "--tiny",
+        "--minutes",
+        "0",
+        "--mask-steps",
+        str(mask),
+        "--texture-steps",
+        str(texture),
+        "--device",
+        "cpu",
+        *(["--resume"] if resume else []),
+    ]
+    done = launch(args, processes)
+    if processes > 1:  # process 0 alone reports the bundle
+        assert done.stdout.count("bundle written") == 1, done.stdout
     meta = json.loads((out / "bundle.json").read_text())["training"]
     return meta
 

@@ -89,6 +89,37 @@ def test_experiment_writes_every_row_traceable_to_its_config(finished):
     assert f"Bundle: `{BUNDLE}`" in md
 
 
+def test_rows_side_by_side_on_several_devices_give_the_same_rows(finished, tmp_path):
+    """``--devices cpu cpu``: one process per row, two at a time; the same records."""
+    cfg, seq = finished
+    out = tmp_path / "par"
+    argv = ["-q", "experiment", str(cfg), "-o", str(out), "--devices", "cpu", "cpu"]
+    assert main(argv) == 0
+    res = json.loads((out / "results.json").read_text())
+    ref = json.loads((seq / "results.json").read_text())
+    assert set(res["rows"]) == set(ref["rows"]) == {"real", "synthetic", "both curated"}
+    for name, rec in res["rows"].items():
+        for key in ("SEG", "AP50", "bPQ", "synthetic_used", "epochs", "key"):
+            assert rec[key] == ref["rows"][name][key], (name, key)
+        assert (out / "logs" / f"{rec['row']['name'].replace(' ', '_')}.log").is_file()
+
+
+def test_one_device_runs_rows_in_this_process(finished, monkeypatch):
+    """On a machine with one device, ``--devices auto`` is today's sequential run."""
+    import torch
+
+    from cellsynth import experiment
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA machine: auto means its GPUs")
+    cfg, out = finished
+    monkeypatch.setattr(experiment, "run_rows_in_parallel", None)  # would fail if called
+    assert experiment.row_devices(["auto"]) == ["cpu"]
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--devices", "auto"]) == 0
+    with pytest.raises(CellsynthInputError, match="unknown device"):
+        experiment.row_devices(["gpu7"])
+
+
 def test_rerunning_keeps_finished_rows_and_a_changed_budget_retrains(finished, tmp_path):
     cfg, out = finished
     models = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}

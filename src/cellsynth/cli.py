@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -162,7 +163,12 @@ def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
     from tqdm import tqdm
 
     return tqdm(
-        total=total, desc=desc, unit=unit, dynamic_ncols=True, file=sys.stderr, disable=None
+        total=total,
+        desc=desc,
+        unit=unit,
+        dynamic_ncols=True,
+        file=sys.stderr,
+        disable=None if is_main_process() else True,  # one bar under accelerate launch
     )
 
 
@@ -232,6 +238,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
         "texture_steps": last.texture_step,
         "seconds": round(last.elapsed, 1),
     }
+    if not is_main_process():  # process 0 wrote the bundle and reports it
+        return 0
     print(f"bundle written to {args.output}")
     print(json.dumps(summary))
     return 0
@@ -255,18 +263,27 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
     )
 
 
+def is_main_process() -> bool:
+    """False in every process but the first of an ``accelerate launch`` (``RANK`` > 0): those
+    neither print nor save what process 0 prints and saves."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from cellsynth.synthesize import synthesize
 
     params = _synthesis_params(args)
     bar = _progress_bar(args.n, "synthesizing", unit="pair")
     names = []
-    for _i, _n, name in synthesize(
+    for i, _n, name in synthesize(
         args.output, args.n, params, bundle=args.bundle, device=args.device
     ):
         names.append(name)
-        bar.update(1)
+        bar.n = i
+        bar.refresh()
     bar.close()
+    if not is_main_process():  # process 0 reports every process's pairs
+        return 0
     print(f"{len(names)} pairs written to {args.output} (images/, labels/, dataset.json)")
     print(json.dumps({"output": str(args.output), "n": len(names), "names": names}))
     return 0
@@ -306,10 +323,13 @@ def cmd_train_multiview(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         job.close()
         bar.close()
-        model.save(args.output)
-        print(f"interrupted: the model so far is in {args.output}", file=sys.stderr)
+        if is_main_process():
+            model.save(args.output)
+            print(f"interrupted: the model so far is in {args.output}", file=sys.stderr)
         return 130
     bar.close()
+    if not is_main_process():  # the processes hold the same model: process 0 saves it
+        return 0
     model.save(args.output)
     print(f"multiview model written to {args.output}")
     print(
@@ -456,21 +476,34 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from cellsynth.experiment import load_config, run_experiment
+    from cellsynth.experiment import (
+        load_config,
+        row_devices,
+        run_experiment,
+        run_rows_in_parallel,
+    )
     from cellsynth.outputs import check_writable
 
     config = load_config(args.config)
     check_writable(args.output)
+    devices = row_devices(args.devices) if args.devices else []
+    if len(devices) > 1 and (args.budget_hours is not None or args.prepare):
+        raise CellsynthInputError(
+            "--devices runs rows side by side: not with --budget-hours or --prepare"
+        )
     bar = _progress_bar(100, "experiment", unit="%")
-    job = run_experiment(
-        config,
-        args.output,
-        device=args.device,
-        only=args.only,
-        budget_hours=args.budget_hours,
-        command=["cellsynth", *args.argv],
-        prepare_only=args.prepare,
-    )
+    if len(devices) > 1:
+        job = run_rows_in_parallel(config, args.output, devices, only=args.only)
+    else:
+        job = run_experiment(
+            config,
+            args.output,
+            device=devices[0] if devices else args.device,
+            only=args.only,
+            budget_hours=args.budget_hours,
+            command=["cellsynth", *args.argv],
+            prepare_only=args.prepare,
+        )
     stage = None
     try:
         for p in job:
@@ -850,6 +883,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="only learn the bundle and synthesize the pairs (look at them before training)",
     )
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
+    p.add_argument(
+        "--devices",
+        nargs="+",
+        default=None,
+        metavar="DEV",
+        help="train rows side by side, one per device: 'auto' (every GPU) or names "
+        "(cuda:0 cuda:1 ...); one process per row, logs in OUTPUT/logs/",
+    )
     p.set_defaults(func=cmd_experiment)
     return parser
 

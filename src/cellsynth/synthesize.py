@@ -354,7 +354,7 @@ class Synthesizer:
         top, px = normalise_masks(masks, mv.res)
         sil = sample_views(mv, top, generator=gen, device=self.device)
         t1 = time.perf_counter()
-        grids = fit_sdf(sil, mv.views, NeuSConfig())
+        grids = fit_sdf(sil, mv.views, NeuSConfig(), device=self.device)
         vols = cell_volumes(grids, px, anisotropy, rng, fallback=masks)
         t2 = time.perf_counter()
         return vols, {"views": t1 - t0, "neus": t2 - t1}
@@ -426,6 +426,35 @@ def request_of(params: SynthesisParams, bundle: GeneratorBundle) -> dict[str, An
     return json.loads(json.dumps(req))  # as it reads back from dataset.json
 
 
+def process_share(n: int, device: str | Any = "auto") -> tuple[list[int], Any]:
+    """The pair indices (of ``0 .. n-1``) this process draws, and accelerate's ``PartialState``.
+
+    Alone: all of them, and no state. Under ``accelerate launch`` (``WORLD_SIZE`` > 1): a
+    contiguous block per process, process 0 first (``PartialState.split_between_processes``);
+    on the CPU (``device`` resolves to it) the processes meet over gloo, as in training.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return list(range(n)), None
+    from datetime import timedelta
+
+    from accelerate import PartialState
+
+    # the processes meet only at the end, and a resumed run may leave one process far more
+    # pairs than another: a week, not torch's 30 minutes (torchrun stops all if one fails)
+    cpu = select_device(device).type == "cpu"
+    state = PartialState(cpu=cpu, timeout=timedelta(days=7))
+    with state.split_between_processes(list(range(n))) as mine:
+        mine = list(mine)
+    log.info(
+        "process %d of %d draws %d of the %d pairs",
+        state.process_index,
+        state.num_processes,
+        len(mine),
+        n,
+    )
+    return mine, state
+
+
 def synthesize(
     out: str | Path,
     n: int,
@@ -441,6 +470,12 @@ def synthesize(
     taken). Seeds already in the folder with the same bundle and parameters are not drawn again,
     so rerunning an interrupted command completes it. ``out`` must be new, empty, or a synthetic
     data set of cellsynth's (:func:`cellsynth.outputs.check_synthetic_target`).
+
+    Under ``accelerate launch`` the seeds are split over the processes (:func:`process_share`;
+    ``device="auto"`` is each process's own GPU), every process writes its pairs into ``out``
+    (the folder's lock and read-merge-write keep one complete ``dataset.json``), and the pairs
+    are the same, byte for byte, as one process draws. Each process yields its own pairs; process
+    0 then waits for the others and yields theirs too, so that it reports all ``n`` in order.
     """
     from cellsynth.outputs import check_synthetic_target, check_writable
 
@@ -449,6 +484,9 @@ def synthesize(
         raise CellsynthInputError(f"-n must be >= 1, got {n}")
     out = check_synthetic_target(out)
     check_writable(out)
+    mine, state = process_share(n, device)
+    if state is not None and str(device).lower() == "auto" and state.device.type == "cuda":
+        device = state.device  # one GPU per process
     synth = Synthesizer(bundle, device=device)
     synth.check_memory(params)
     b = synth.bundle
@@ -458,13 +496,18 @@ def synthesize(
         origin="synthetic",
         meta={"bundle": str(b.path) if b.path else None},
     )
-    for i in range(n):
+    requests = [
+        request_of(SynthesisParams(**{**asdict(params), "seed": params.seed + i}), b)
+        for i in range(n)
+    ]
+    total = n if state is None or state.is_main_process else len(mine)
+    for k, i in enumerate(mine):
         p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})
-        request = request_of(p, b)
+        request = requests[i]
         done = _recorded(writer.reload(), request)
         if done is not None:
             log.info("seed %d is already in %s as %s: kept", p.seed, out, done)
-            yield i + 1, n, done
+            yield k + 1, total, done
             continue
         pair = synth.sample(p)
         record = {
@@ -481,7 +524,18 @@ def synthesize(
                 free = not writer.exists(preferred) and preferred not in meta["samples"]
                 done = preferred if free else writer.free_name(prefix)
                 writer.add(done, pair.image, pair.labels, record=record)
-        yield i + 1, n, done
+        yield k + 1, total, done
+    if state is None:
+        return
+    state.wait_for_everyone()
+    if state.is_main_process:
+        meta = writer.reload()
+        others = sorted(set(range(n)) - set(mine))
+        for k, i in enumerate(others, start=len(mine) + 1):
+            done = _recorded(meta, requests[i])
+            if done is None:
+                raise CellsynthInputError(f"seed {params.seed + i} was not written", out)
+            yield k, n, done
 
 
 def _recorded(meta: dict[str, Any], request: dict[str, Any]) -> str | None:

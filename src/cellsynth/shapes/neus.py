@@ -115,9 +115,15 @@ def fit_sdf(
     views: torch.Tensor,
     cfg: NeuSConfig | None = None,
     callback: Any = None,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Fit one SDF grid per cell to its silhouettes (B, K, res, res); returns (B, G, G, G)."""
+    """Fit one SDF grid per cell to its silhouettes (B, K, res, res); returns (B, G, G, G).
+
+    The fit runs on ``device`` (a GPU when synthesis has one); the grids come back on the CPU.
+    """
     cfg = cfg or NeuSConfig()
+    if torch.device(device).type == "mps":  # no sparse CSR products on MPS
+        device = "cpu"
     sil = torch.as_tensor(np.asarray(silhouettes), dtype=torch.float32)
     if sil.ndim != 4 or sil.shape[1] != views.shape[0] or sil.shape[2] != sil.shape[3]:
         raise CellsynthInputError(
@@ -128,14 +134,14 @@ def fit_sdf(
     if b == 0:
         return torch.zeros((0, g, g, g))
     key = tuple(float(v) for v in views.reshape(-1))
-    m, mt = _ray_operator(key, res, cfg.depth, g)
-    target = sil.reshape(b, -1).T  # (rays, B)
+    m, mt = (op.to(device) for op in _ray_operator(key, res, cfg.depth, g))
+    target = sil.reshape(b, -1).T.to(device)  # (rays, B)
     if cfg.init == "hull":
         f0 = hull_sdf(sil, views, g)
     else:
         f0 = sphere_grid(b, g, cfg.init_radius)
-    f = f0.reshape(b, -1).T.contiguous().requires_grad_(True)
-    log_s = torch.full((1, b), math.log(cfg.s_init), requires_grad=True)
+    f = f0.reshape(b, -1).T.contiguous().to(device).requires_grad_(True)
+    log_s = torch.full((1, b), math.log(cfg.s_init), device=device, requires_grad=True)
     opt = torch.optim.Adam([f, log_s], lr=cfg.lr)
     h = 2.0 / (g - 1)
     eps = 1e-5
@@ -161,7 +167,7 @@ def fit_sdf(
             opt.step()
             if callback is not None:
                 callback(it + 1, cfg.iterations, float(loss))
-    return f.detach().T.reshape(b, g, g, g).contiguous()
+    return f.detach().T.reshape(b, g, g, g).contiguous().cpu()
 
 
 def grid_points(g: int) -> torch.Tensor:
