@@ -172,7 +172,9 @@ def test_cli_finetune_segment_evaluate_run_the_dummy_backend(cells, tmp_path, ca
     )
     threshold = ThresholdSegmenter.load(model).threshold
     assert 0.05 <= threshold <= 0.95 and threshold != 0.5  # chosen from the data
-    assert json.loads((tmp_path / "model.log.json").read_text())["threshold"] == pytest.approx(threshold)
+    assert json.loads((tmp_path / "model.log.json").read_text())["threshold"] == pytest.approx(
+        threshold
+    )
     # segment: the backend comes from the model file
     assert (
         main(["segment", str(cells / "images"), "--model", str(model), "-o", str(tmp_path / "seg")])
@@ -260,3 +262,18 @@ def test_the_cellpose3_backend_refuses_to_train_with_another_cellpose(monkeypatc
     monkeypatch.setattr(cellpose3, "cellpose_version", lambda: (4, 0))
     with pytest.raises(CellsynthInputError, match=r"trains with Cellpose 3\.x; Cellpose 4\.0"):
         next(finetune(read_dataset(cells).pairs, [], tmp_path / "m"))
+
+
+def test_only_the_cellpose3_backend_imports_cellposes_models_and_training():
+    import re
+
+    src = HERE.parent / "src" / "cellsynth"
+    pattern = re.compile(
+        r"^\s*(from|import)\s+cellpose\.(models|train)\b"
+        r"|^\s*from\s+cellpose\s+import\s+.*\b(models|train)\b",
+        re.MULTILINE,
+    )
+    users = sorted(
+        str(p.relative_to(src)) for p in src.rglob("*.py") if pattern.search(p.read_text())
+    )
+    assert users == ["segmenters/cellpose3.py"]
