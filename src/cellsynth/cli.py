@@ -143,7 +143,7 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     from cellsynth.segment import evaluate_model, load_model
 
     _check_json_output(args, [args.pred, args.model])
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.backend)
     ds = read_dataset(args.pred, require_labels=True, require_images=True)
     bar = _progress_bar(len(ds), "segmenting", unit="image")
     ev = evaluate_model(model, ds.pairs, on_image=lambda i, n: bar.update(1))
@@ -361,7 +361,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from cellsynth.io import read_dataset
     from cellsynth.segment import FinetuneSettings, check_finetune_output, finetune
 
-    check_finetune_output(args.output)  # before reading or training
+    check_finetune_output(args.output, args.backend)  # before reading or training
     real = [p for d in args.real for p in read_dataset(d, require_labels=True).pairs]
     synthetic = []
     for d in args.synthetic or []:
@@ -377,7 +377,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         nimg_per_epoch=args.images_per_epoch,
     )
     bar = _progress_bar(args.epochs, "fine-tuning", unit="epoch")
-    job = finetune(real, synthetic, args.output, settings)
+    job = finetune(real, synthetic, args.output, settings, args.backend)
     last = None
     try:
         for p in job:
@@ -391,7 +391,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         print(f"interrupted: the last weights are in {args.output}", file=sys.stderr)
         return 130
     bar.close()
-    print(f"Cellpose model written to {args.output} (+ .safetensors, training log .log.json)")
+    print(f"{args.backend} model written to {args.output} (+ training log .log.json)")
     print(
         json.dumps(
             _json_safe(
@@ -405,6 +405,20 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _backend_arg(p: argparse.ArgumentParser, *, for_model: bool) -> None:
+    """``--backend NAME``: the segmenter backend (a model file's own by default)."""
+    from cellsynth.segmenters import DEFAULT_BACKEND, backend_names
+
+    names = ", ".join(backend_names())
+    p.add_argument(
+        "--backend",
+        default=None if for_model else DEFAULT_BACKEND,
+        metavar="NAME",
+        help=f"segmenter backend ({names}; default: "
+        + ("the one that reads the model file)" if for_model else f"{DEFAULT_BACKEND})"),
+    )
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
@@ -424,7 +438,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
             args.output,
         )
     check_output_folder(args.output, names, inputs=[*args.inputs, args.model])
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.backend)
     args.output.mkdir(parents=True, exist_ok=True)
     written = []
     bar = _progress_bar(len(pairs), "segmenting", unit="image")
@@ -455,7 +469,7 @@ def cmd_score(args: argparse.Namespace) -> int:
     ds = read_dataset(args.dataset, require_labels=True, require_images=True)
     if ds.kind != "dataset":
         raise CellsynthInputError("score needs a dataset folder (images/, labels/)", args.dataset)
-    model = load_model(args.model, args.device)
+    model = load_model(args.model, args.device, args.backend)
     rows = score_dataset(model, ds.pairs)
     record_quality(DatasetWriter(args.dataset), rows, args.model)
     rows.sort(key=lambda r: r["SEG"] if r["SEG"] == r["SEG"] else -1)
@@ -593,6 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="segment PRED's images with this Cellpose model, score against its labels",
     )
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda or mps")
+    _backend_arg(p, for_model=True)
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write summary and per-image rows here"
     )
@@ -827,6 +842,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")
     p.add_argument("-o", "--output", type=Path, required=True, help="model file to write")
+    _backend_arg(p, for_model=False)
     p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser(
@@ -844,6 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="cell diameter in px (default: the model's training diameter)",
     )
     p.add_argument("--device", default="auto")
+    _backend_arg(p, for_model=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_segment)
 
@@ -857,6 +874,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dataset", type=Path, help="dataset folder")
     p.add_argument("--model", type=Path, required=True, help="Cellpose model file")
     p.add_argument("--device", default="auto")
+    _backend_arg(p, for_model=True)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser(

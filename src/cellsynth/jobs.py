@@ -48,11 +48,23 @@ def _run_learn(spec: dict[str, Any]) -> Iterator[Any]:
 def _run_finetune(spec: dict[str, Any]) -> Iterator[Any]:
     from cellsynth.io import read_pairs
     from cellsynth.segment import FinetuneSettings, finetune
+    from cellsynth.segmenters import get_backend
 
+    # a backend registered outside cellsynth is registered here by importing its module
+    backend = get_backend(spec.get("backend"), spec.get("backend_module")).name
     real = read_pairs(spec.get("real", []), require_labels=True)
     synthetic = read_pairs(spec.get("synthetic", []), require_labels=True)
     settings = FinetuneSettings(**spec.get("settings", {}))
-    return finetune(real, synthetic, spec["output"], settings)
+    return finetune(real, synthetic, spec["output"], settings, backend)
+
+
+def finetune_spec(backend: str | None = None, **spec: Any) -> dict[str, Any]:
+    """A ``finetune`` job spec (real, synthetic, output, settings) for ``backend``, naming the
+    module that registers it so that the child process finds it too."""
+    from cellsynth.segmenters import get_backend
+
+    cls = get_backend(backend)
+    return {**spec, "backend": cls.name, "backend_module": cls.__module__}
 
 
 RUNNERS = {"learn": _run_learn, "finetune": _run_finetune}

@@ -43,6 +43,7 @@ from cellsynth._widgets._common import (
     write_pairs_folder,
 )
 from cellsynth.errors import CellsynthInputError
+from cellsynth.segmenters import DEFAULT_BACKEND, backend_names
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -71,6 +72,10 @@ class FinetuneWidget(Container):
         self.pretrained = folder_edit("start from", mode="r")
         self.pretrained.tooltip = "optional: a local Cellpose model file to fine-tune"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.backend = ComboBox(
+            label="backend", choices=lambda _: backend_names(), value=DEFAULT_BACKEND
+        )
+        self.backend.tooltip = "the segmenter to train (cellsynth.segmenters registry)"
         self.output = folder_edit(
             "model file", mode="w", value=str(Path.home() / "cellsynth-cellpose-model")
         )
@@ -97,6 +102,7 @@ class FinetuneWidget(Container):
                 self.epochs,
                 self.pretrained,
                 self.device,
+                self.backend,
                 self.output,
                 buttons,
                 self.progress,
@@ -125,6 +131,8 @@ class FinetuneWidget(Container):
             self.synthetic.value = path
 
     def _spec(self) -> dict[str, Any]:
+        from cellsynth.jobs import finetune_spec
+
         out = path_or_none(self.output)
         if out is None:
             raise CellsynthInputError("choose where to write the model file")
@@ -139,18 +147,19 @@ class FinetuneWidget(Container):
             real = [str(write_pairs_folder(pairs, self._tmp / "real"))]
         synthetic = [str(p) for p in [path_or_none(self.synthetic)] if p is not None]
         pre = path_or_none(self.pretrained)
-        return {
-            "real": real,
-            "synthetic": synthetic,
-            "output": str(out),
-            "settings": {
+        return finetune_spec(
+            self.backend.value,
+            real=real,
+            synthetic=synthetic,
+            output=str(out),
+            settings={
                 "epochs": int(self.epochs.value),
                 "p_real": float(self.p_real.value),
                 "pretrained": str(pre) if pre else None,
                 "device": str(self.device.value),
                 **self.extra_settings,
             },
-        }
+        )
 
     def start(self) -> None:
         from cellsynth.jobs import SubprocessJob
@@ -169,7 +178,7 @@ class FinetuneWidget(Container):
         self._batches = 0
         self.table.visible = False
         self.start_btn.enabled, self.cancel_btn.enabled = False, True
-        self.status.value = "starting Cellpose in a subprocess…"
+        self.status.value = f"starting {self.backend.value} in a subprocess…"
         self.job = GeneratorJob(
             self.subprocess.messages(), yielded=self._on_message, finished=self._on_finished
         ).start()
@@ -235,12 +244,13 @@ class FinetuneWidget(Container):
         else:
             self.progress.value = self.progress.max
             self.status.value = f"done: {self.model_path}"
-        notify(f"Cellpose model written to {self.model_path}")
+        notify(f"{self.backend.value} model written to {self.model_path}")
         self.predict_and_evaluate()
 
     def predict_and_evaluate(self) -> None:
         """Segment the chosen image layer and, with validation data, fill the table."""
         model_path = self.model_path
+        backend = self.backend.value
         layer = self.image_pick.value
         image = np.asarray(layer.data) if layer is not None else None
         scale = tuple(layer.scale) if layer is not None else None
@@ -249,7 +259,7 @@ class FinetuneWidget(Container):
         def run():
             from cellsynth.segment import anisotropy_of, evaluate_model, load_model, segment
 
-            model = load_model(model_path, "auto")
+            model = load_model(model_path, "auto", backend)
             if image is not None and image.ndim in (2, 3):
                 aniso = anisotropy_of(scale, image.ndim)
                 yield ("prediction", segment(model, image, anisotropy=aniso))
