@@ -136,8 +136,13 @@ def texture_realism(
     half B / half A of the real images), W1 of the per-cell texture features (synthetic-to-real
     next to real-to-real), the Fréchet distance of Cellpose style vectors when a model is
     given, and a classifier two-sample test (real vs synthetic next to real half vs half)."""
-    a, b = half_split(real, seed) if len(real) >= 2 else (list(real), list(real))
-    look_r, look_a, look_b = look_tables(real), look_tables(a), look_tables(b)
+    if len(real) >= 2:
+        a, b = half_split(real, seed)
+        look_a, look_b = look_tables(a), look_tables(b)
+        look_r = _joined(look_a, look_b)  # the halves cover the real set: measure it once
+    else:
+        a = b = list(real)
+        look_r = look_a = look_b = look_tables(real)
     look_s = look_tables(synthetic)
     feats = [*TEXTURE_FEATURES, "nn_ratio", "shared_boundary"]
     r2r, s2r = halves_distances(look_a[0], look_b[0], look_s[0], feats)
@@ -162,6 +167,13 @@ def texture_realism(
             "real_vs_real": classifier_two_sample_test(rel_a, rel_b, seed=seed).to_dict(),
         }
     return out
+
+
+def _joined(*tables: tuple[dict[str, np.ndarray], dict[str, np.ndarray]]) -> tuple[dict, dict]:
+    """The look tables of the union of disjoint image sets (rows concatenated)."""
+    return tuple(  # type: ignore[return-value]
+        {k: np.concatenate([t[i][k] for t in tables]) for k in tables[0][i]} for i in (0, 1)
+    )
 
 
 def _images(pairs: Sequence[Pair]) -> list[np.ndarray]:
