@@ -102,6 +102,10 @@ def test_memory_estimate_grows_with_the_canvas(bundle):
     # measured peak RSS: 0.55 GB at 256², 1.60 GB at 1024²: the estimate covers the difference
     assert large - small >= 1.0e9
     assert synth.memory_estimate(_params(size=(100000, 100000))) > 500e9
+    # a denser canvas holds more cells: --density-factor counts like --cells
+    assert synth.expected_cells(_params(size=(256, 256), density_factor=100)) >= (
+        90 * synth.expected_cells(_params(size=(256, 256)))
+    )
 
 
 def test_synthesize_refuses_a_folder_of_real_annotations(dataset_folder, bundle):

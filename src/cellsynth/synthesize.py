@@ -186,11 +186,12 @@ class Synthesizer:
 
     def expected_cells(self, params: SynthesisParams) -> int:
         """Cells in one sample: the parameter, else the expected count at the bundle's density
-        (3D: at most one slice's worth, an upper estimate)."""
+        times ``density_factor``, as :meth:`population` draws it (3D: at most one slice's worth,
+        an upper estimate)."""
         if params.cells is not None:
             return int(params.cells)
         plane = float(np.prod([float(v) for v in params.size[-2:]]))
-        return int(float(self.bundle.density) * plane)
+        return int(float(self.bundle.density) * params.density_factor * plane)
 
     def memory_estimate(self, params: SynthesisParams) -> int:
         """Bytes one sample of ``params`` needs at its peak, roughly (an upper estimate).
