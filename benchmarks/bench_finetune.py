@@ -27,7 +27,12 @@ def main() -> int:
     from cellpose import models, train
 
     from cellsynth.samples import sample_dataset
-    from cellsynth.segment import CHANNELS, FinetuneSettings, finetune, load_model, segment
+    from cellsynth.segment import FinetuneSettings, finetune, load_model, segment
+
+    try:
+        from cellsynth.segmenters.cellpose3 import CHANNELS
+    except ImportError:  # before the segmenter seam (to compare with older commits)
+        from cellsynth.segment import CHANNELS
 
     pairs = sample_dataset().pairs
     imgs = [p.image.astype(np.float32) for p in pairs]

@@ -109,6 +109,8 @@ def main() -> int:
             device="cpu",
             checkpoint_minutes=1e9,
         )
+        if hasattr(s, "preview"):
+            s.preview = False  # the sample grid at the final save is not training
         gen_ = learn(sample_dataset().pairs, f"{tmp}/b", s)
         first = next(gen_)
         t0, n0 = time.perf_counter(), first.step

@@ -38,6 +38,20 @@ def disks(shape=(64, 64), centres=((16, 16), (40, 44)), radius=7, start=1) -> np
     return labels
 
 
+#: tiny model and batch settings for LearnSettings: tests train bundles in seconds
+TINY_LEARN = dict(
+    mask_widths=(8, 16, 16),
+    texture_widths=(8, 16, 16),
+    mask_batch=8,
+    texture_batch=4,
+    tile=32,
+    mask_size=16,
+    crop_size=32,
+    device="cpu",
+    checkpoint_minutes=60,
+)
+
+
 def image_for(labels: np.ndarray, seed: int = 0, dtype=np.uint16) -> np.ndarray:
     rng = np.random.default_rng(seed)
     img = 100 + 300 * (labels > 0) + rng.normal(0, 10, labels.shape)

@@ -14,19 +14,9 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import read_dataset
 from cellsynth.learn import LearnSettings, learn
 from cellsynth.synthesize import SynthesisParams, Synthesizer
-from conftest import disks, image_for
+from conftest import TINY_LEARN, disks, image_for
 
-TINY = dict(
-    mask_widths=(8, 16, 16),
-    texture_widths=(8, 16, 16),
-    mask_batch=8,
-    texture_batch=4,
-    tile=32,
-    mask_size=16,
-    crop_size=32,
-    device="cpu",
-    checkpoint_minutes=60,
-)
+TINY = TINY_LEARN
 
 
 def _settings(**kw) -> LearnSettings:
@@ -264,7 +254,7 @@ def test_ctrl_c_keeps_the_last_checkpoint_and_resume_continues(train_folder, tmp
 
 
 def test_large_canvases_are_painted_on_overlapping_tiles(tiny_bundle):
-    from cellsynth.texture import paint
+    from cellsynth.texture import draw_brightness, paint
 
     b = GeneratorBundle.load(tiny_bundle)
     labels = disks(shape=(100, 130), centres=((20, 20), (60, 90)), radius=9)
@@ -276,6 +266,7 @@ def test_large_canvases_are_painted_on_overlapping_tiles(tiny_bundle):
         cfg=b.texture_cfg,
         steps=2,
         max_side=64,
+        brightness=draw_brightness(labels, b.brightness_frames, np.random.default_rng(0)),
     )
     assert img.shape == (100, 130)
     assert img.dtype == np.uint16
@@ -301,8 +292,18 @@ def test_cell_brightness_is_drawn_from_the_training_cells():
     assert np.array_equal(empty, img) and f.size == 0
 
 
-def test_bundles_record_cell_brightness_and_synthesis_uses_it(tiny_bundle):
-    b = GeneratorBundle.load(tiny_bundle)
+@pytest.fixture(scope="module")
+def posthoc_bundle(train_folder, tmp_path_factory):
+    """A bundle whose texture model takes no brightness condition (as before 0.6)."""
+    out = tmp_path_factory.mktemp("bundles") / "posthoc"
+    for _ in learn(read_dataset(train_folder).pairs, out, _settings(brightness_condition=False)):
+        pass
+    return out
+
+
+def test_bundles_record_cell_brightness_and_synthesis_uses_it(posthoc_bundle):
+    b = GeneratorBundle.load(posthoc_bundle)
+    assert b.texture_cfg.cond_channels == 3
     assert b.cell_intensities is not None and len(b.cell_intensities) >= 10
     synth = Synthesizer(b, device="cpu")
     p = dict(size=(64, 64), cells=5, seed=2, steps=2)

@@ -34,6 +34,7 @@ from cellsynth.atlas import IntensityStats
 from cellsynth.diffusion.core import DiffusionConfig, make_sampler, make_train_scheduler
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import write_json
+from cellsynth.texture import FrameBrightness, brightness_conditioned
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class CellStats:
     areas: list[float] | None = None  # bundles from before 0.2 lack them
     mean_intensities: list[float] | None = None
     density_3d: float | None = None  # cells per voxel (learn --3d)
+    # per training frame (or slice): background level and its cells' mean brightness, raw
+    # units; what a brightness-conditioned texture model is told to paint (since 0.6)
+    brightness_frames: list[dict[str, Any]] | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: Path) -> CellStats:
@@ -74,10 +78,30 @@ class CellStats:
             areas=_numbers(d, "cells.areas", where, positive=True, optional=True),
             mean_intensities=_numbers(d, "cells.mean_intensities", where, optional=True),
             density_3d=_float(d, "cells.density_3d", where, lo=0.0, optional=True, strict=True),
+            brightness_frames=_brightness_frames(d, where),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def _brightness_frames(d: dict[str, Any], where: Path) -> list[dict[str, Any]] | None:
+    frames = d.get("cells", {}).get("brightness_frames")
+    if frames is None:
+        return None
+    ok = isinstance(frames, list) and all(
+        isinstance(f, dict)
+        and isinstance(f.get("background"), int | float)
+        and isinstance(f.get("cells"), list)
+        and all(isinstance(v, int | float) and np.isfinite(v) for v in f["cells"])
+        for f in frames
+    )
+    if not ok:
+        raise CellsynthInputError(
+            "cells.brightness_frames must be a list of {background: number, cells: [numbers]}",
+            where,
+        )
+    return frames
 
 
 @dataclass
@@ -135,6 +159,12 @@ class GeneratorBundle:
         """Mean raw intensity of each training cell (bundles from before 0.2 lack it)."""
         v = self.meta["cells"].get("mean_intensities")
         return np.asarray(v, dtype=np.float64) if v else None
+
+    @property
+    def brightness_frames(self) -> list[FrameBrightness]:
+        """The training frames' background and cell brightness (empty for bundles before 0.6)."""
+        frames = self.cells.brightness_frames or []
+        return [FrameBrightness.from_dict(f) for f in frames]
 
     @property
     def crop_size(self) -> int:
@@ -242,12 +272,21 @@ class GeneratorBundle:
             raise CellsynthInputError(f"bundle.json is not valid JSON ({exc})", meta_path) from exc
         meta = _upgrade(meta, meta_path)
         validate_meta(meta, meta_path)
-        return cls(
+        bundle = cls(
             path=path,
             meta=meta,
             mask_cfg=DiffusionConfig.from_dict(meta["mask_config"]),
             texture_cfg=DiffusionConfig.from_dict(meta["texture_config"]),
         )
+        if brightness_conditioned(bundle.texture_cfg) and not any(
+            f.cells for f in bundle.brightness_frames
+        ):
+            raise CellsynthInputError(
+                "the texture model is conditioned on cell brightness but "
+                "cells.brightness_frames is missing or empty",
+                meta_path,
+            )
+        return bundle
 
     @classmethod
     def load(cls, path: str | Path | None = None, device: Any = "cpu") -> GeneratorBundle:

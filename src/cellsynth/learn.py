@@ -15,7 +15,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ import torch
 from cellsynth.atlas import build_atlas
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded
-from cellsynth.diffusion.core import DiffusionConfig, build_unet
+from cellsynth.diffusion.core import DiffusionConfig, build_unet, load_widened
 from cellsynth.diffusion.training import (
     Checkpoints,
     ModelTrainer,
@@ -43,7 +43,8 @@ from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.locks import folder_lock
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
 from cellsynth.metrics import background_summary, layout_summary
-from cellsynth.texture import TextureTiles, texture_config
+from cellsynth.preview import write_progress
+from cellsynth.texture import TextureTiles, frame_brightness, texture_config
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,25 @@ class LearnSettings:
     device: str = "auto"
     mixed_precision: str = "no"  # bf16 or fp16: on CUDA only
     grad_accumulation: int = 1
+    # the texture model takes each cell's brightness as a condition (bundles since 0.6)
+    brightness_condition: bool = True
+    # continue from this bundle's models (its architecture; a new condition channel starts at 0)
+    init_from: str | None = None
+    # write BUNDLE/progress/step-<n>.png (sample grid + loss curves) at every checkpoint
+    preview: bool = True
+
+    @classmethod
+    def quality(cls, **overrides: Any) -> LearnSettings:
+        """The ``--quality`` preset: a long, resumable run to a flat loss (hours on a CPU,
+        minutes on a GPU): no time budget, 10x the default steps,
+        checkpoints (and a preview) every 10 minutes."""
+        base = cls(
+            minutes=None,
+            mask_steps=20_000,
+            texture_steps=40_000,
+            checkpoint_minutes=10.0,
+        )
+        return replace(base, **overrides)
 
     def use_tiny_models(self) -> None:
         """Tiny widths, batches and tiles: for tests and smoke runs, not for real bundles."""
@@ -213,12 +233,28 @@ def _learn(
             float(np.median(atlas.table["equivalent_diameter"])), settings.texture_batch
         )
         log.info("texture tiles of %s px, batch %s", settings.tile, settings.texture_batch)
-    tiles = TextureTiles(*_texture_slices(pairs), atlas.intensity, settings.tile)
+    init = GeneratorBundle.load(settings.init_from) if settings.init_from else None
+    if init is not None:
+        settings.tile = init.texture_cfg.sample_size
+    tiles = TextureTiles(
+        *_texture_slices(pairs),
+        atlas.intensity,
+        settings.tile,
+        brightness=settings.brightness_condition,
+    )
 
     ckpts = Checkpoints(out / CHECKPOINTS)
     resumed: tuple[Path, dict[str, Any], dict[str, Any]] | None = None
     mcfg = mask_config(settings.mask_size, tuple(settings.mask_widths))
-    tcfg = texture_config(tuple(settings.texture_widths), settings.tile)
+    tcfg = texture_config(
+        tuple(settings.texture_widths), settings.tile, settings.brightness_condition
+    )
+    if init is not None:  # its architecture, with or without the brightness channel
+        mcfg = init.mask_cfg
+        tcfg = replace(
+            init.texture_cfg,
+            cond_channels=texture_config(brightness=settings.brightness_condition).cond_channels,
+        )
     if resume:
         resumed = _find_checkpoint(ckpts, out)
         if resumed is not None:
@@ -235,11 +271,15 @@ def _learn(
         ema_decay=settings.ema_decay,
         grad_accumulation=settings.grad_accumulation,
     )
+    unets = {"mask_model": build_unet(mcfg), "texture_model": build_unet(tcfg)}
+    if init is not None and resumed is None:
+        load_widened(unets["mask_model"], init.mask_unet)
+        load_widened(unets["texture_model"], init.texture_unet)
     trainers = {
         "mask_model": ModelTrainer(
             "mask_model",
             mcfg,
-            build_unet(mcfg),
+            unets["mask_model"],
             accelerator,
             optim,
             target=settings.mask_steps,
@@ -248,7 +288,7 @@ def _learn(
         "texture_model": ModelTrainer(
             "texture_model",
             tcfg,
-            build_unet(tcfg),
+            unets["texture_model"],
             accelerator,
             optim,
             target=settings.texture_steps,
@@ -288,16 +328,23 @@ def _learn(
                 "median_area": float(np.median(atlas.table["area"])),
                 # optional key (synthesize reads it with a default): placement reproduces it
                 "touching_fraction": layout_summary(_texture_slices(pairs)[1])["touching_fraction"],
+                # optional: what a brightness-conditioned texture model is told to paint
+                "brightness_frames": [
+                    frame_brightness(img, lab).to_dict()
+                    for img, lab in zip(*_texture_slices(pairs), strict=True)
+                ],
             },
             # optional: camera noise and illumination that synthesis adds to the painted image
             "background": background_summary(*_texture_slices(pairs)),
             "settings": settings.to_dict(),
+            **({"init_from": _init_record(init)} if init is not None else {}),
         },
         mask_cfg=mcfg,
         texture_cfg=tcfg,
     )
     device = accelerator.device
     elapsed_now = [elapsed0]
+    preview_pairs = [(pairs[0].image, pairs[0].labels)]
 
     def save() -> str | None:
         """Checkpoint, then the bundle (its models are the EMA weights); process 0 writes."""
@@ -322,6 +369,8 @@ def _learn(
         bundle.meta["training"]["device"] = str(device)
         bundle.meta["training"]["processes"] = n_proc
         bundle.save(out)
+        if settings.preview:
+            write_progress(bundle, out, step, preview_pairs, device=device)
         return str(out)
 
     budget = settings.minutes * 60.0 if settings.minutes else None
@@ -353,6 +402,14 @@ def _learn(
     if accelerator.is_main_process:
         log.info("saved bundle to %s", out)
     yield _progress(last, 1.0, checkpoint=str(out))
+
+
+def _init_record(init: GeneratorBundle) -> dict[str, Any]:
+    """Where a bundle's training started from: the bundle's folder and its training steps."""
+    steps = {
+        k: v.get("steps") for k, v in init.meta.get("training", {}).items() if isinstance(v, dict)
+    }
+    return {"bundle": str(init.path), "steps": steps}
 
 
 def _progress(r: TrainReport, fraction: float, checkpoint: str | None = None) -> Progress:

@@ -106,9 +106,13 @@ def calibrate_rho(
     import torch
 
     from cellsynth.metrics import slice_correlation
-    from cellsynth.texture import paint
+    from cellsynth.texture import brightness_conditioned, draw_brightness, paint
 
     sampler = bundle.texture_sampler()
+    brightness = None
+    if brightness_conditioned(bundle.texture_cfg):  # the same cells' brightness at every rho
+        rng = np.random.default_rng(seed)
+        brightness = draw_brightness(labels, bundle.brightness_frames, rng)
     table = {}
     for rho in grid:
         gen = torch.Generator().manual_seed(seed)
@@ -121,6 +125,7 @@ def calibrate_rho(
             steps=bundle.texture_cfg.sampling_steps,
             generator=gen,
             rho=float(rho),
+            brightness=brightness,
         )
         table[float(rho)] = slice_correlation(img, labels)
     best = min(table, key=lambda r: abs(table[r] - real_corr))

@@ -29,7 +29,13 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
 from cellsynth.population import Population, cells_for_canvas, place_cells, touch_prob
-from cellsynth.texture import match_background, match_cell_brightness, paint
+from cellsynth.texture import (
+    brightness_conditioned,
+    draw_brightness,
+    match_background,
+    match_cell_brightness,
+    paint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +152,39 @@ class Synthesizer:
         )
         return out, "data"
 
+    def drawn_brightness(
+        self, labels: np.ndarray, params: SynthesisParams
+    ) -> tuple[np.ndarray, float] | None:
+        """For a brightness-conditioned texture model: the brightness of each cell and the
+        background level, drawn from one training frame (``None`` for older bundles)."""
+        if not brightness_conditioned(self.bundle.texture_cfg):
+            return None
+        rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(3)[2])
+        return draw_brightness(labels, self.bundle.brightness_frames, rng)
+
+    def painted(
+        self, labels: np.ndarray, params: SynthesisParams, gen: torch.Generator, **kw: Any
+    ) -> tuple[np.ndarray, str]:
+        """The texture model's image of ``labels`` with the cells' brightness: as a condition
+        of the model (bundles since 0.6), else drawn after painting (``--brightness data``)."""
+        b = self.bundle
+        drawn = self.drawn_brightness(labels, params)
+        image = paint(
+            b.texture_unet,
+            self.texture_sampler,
+            labels,
+            b.intensity,
+            cfg=b.texture_cfg,
+            steps=params.steps or b.texture_cfg.sampling_steps,
+            generator=gen,
+            device=self.device,
+            brightness=drawn,
+            **kw,
+        )
+        if drawn is not None:
+            return image, "condition"
+        return self.brightness(image, labels, params)
+
     def background(
         self, image: np.ndarray, labels: np.ndarray, params: SynthesisParams
     ) -> np.ndarray:
@@ -260,17 +299,7 @@ class Synthesizer:
         pop = self.population(params, rng, gen)
         n = pop.requested
         t1 = t2 = time.perf_counter()
-        image = paint(
-            b.texture_unet,
-            self.texture_sampler,
-            pop.labels,
-            b.intensity,
-            cfg=b.texture_cfg,
-            steps=params.steps or b.texture_cfg.sampling_steps,
-            generator=gen,
-            device=self.device,
-        )
-        image, brightness = self.brightness(image, pop.labels, params)
+        image, brightness = self.painted(pop.labels, params, gen)
         image = self.background(image, pop.labels, params)
         t3 = time.perf_counter()
         log.debug("masks and population %.2fs, texture %.2fs", t1 - t0, t3 - t2)
@@ -385,18 +414,7 @@ class Synthesizer:
         )
         t3 = time.perf_counter()
         rho = self.rho(params)
-        image = paint(
-            b.texture_unet,
-            self.texture_sampler,
-            pop.labels,
-            b.intensity,
-            cfg=b.texture_cfg,
-            steps=params.steps or b.texture_cfg.sampling_steps,
-            generator=gen,
-            rho=rho,
-            device=self.device,
-        )
-        image, brightness = self.brightness(image, pop.labels, params)
+        image, brightness = self.painted(pop.labels, params, gen, rho=rho)
         t4 = time.perf_counter()
         info = asdict(params)
         info.update(

@@ -5,7 +5,12 @@ the noisy input; NuDiff adds a distance map):
 
 * foreground (1 inside cells, -1 outside),
 * cell boundaries (1 on the outermost pixels of each cell, so touching cells stay apart),
-* distance to the cell's boundary, normalised per cell to [0, 1] (the nucleus' "structure").
+* distance to the cell's boundary, normalised per cell to [0, 1] (the nucleus' "structure"),
+* (bundles learnt since 0.6) each cell's mean brightness, filled inside its mask, and the
+  frame's background level outside, in the model's intensity units. A dim or a bright nucleus is
+  then painted as the real ones are, texture included, rather than scaled after painting.
+  Synthesis draws the values of one real frame (its background and its cells' brightness), so a
+  synthetic frame keeps one exposure and the real frames' cell-to-cell spread.
 
 The UNet has no attention, so it is fully convolutional: trained on small random tiles of the
 real images, it paints a canvas of any size in one pass, or on overlapping tiles that agree at
@@ -16,6 +21,7 @@ are mapped back to the data set's dtype with its own intensity statistics.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -25,20 +31,91 @@ from cellsynth.atlas import IntensityStats, to_dtype
 from cellsynth.diffusion.core import DiffusionConfig, correlated_noise, ddim_sample, to_numpy
 from cellsynth.errors import CellsynthInputError
 
-N_COND = 3
+N_COND = 3  # mask-derived channels; a brightness-conditioned model has one more
 
 
-def texture_config(widths: tuple[int, ...] = (32, 48, 64), tile: int = 64) -> DiffusionConfig:
+def texture_config(
+    widths: tuple[int, ...] = (32, 48, 64), tile: int = 64, brightness: bool = False
+) -> DiffusionConfig:
     return DiffusionConfig(
         sample_size=tile,
         in_channels=1,
-        cond_channels=N_COND,
+        cond_channels=N_COND + int(brightness),
         out_channels=1,
         widths=widths,
         layers_per_block=1,
         attention=(False,) * len(widths),
         sampling_steps=10,
     )
+
+
+def brightness_conditioned(cfg: DiffusionConfig) -> bool:
+    """Whether a texture model takes the per-cell brightness channel."""
+    return cfg.cond_channels > N_COND
+
+
+@dataclass
+class FrameBrightness:
+    """One real frame's (or slice's) background level and its cells' mean brightness (raw
+    intensity units): what a brightness-conditioned texture model is told to paint."""
+
+    background: float
+    cells: list[float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"background": self.background, "cells": self.cells}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FrameBrightness:
+        return cls(float(d["background"]), [float(v) for v in d["cells"]])
+
+
+def measure_brightness(image: np.ndarray, labels: np.ndarray) -> tuple[float, dict[int, float]]:
+    """Background level (median outside the cells and a 3 px rim) and each cell's mean."""
+    from scipy import ndimage
+
+    img = np.asarray(image, np.float64)
+    lab = np.asarray(labels)
+    ids = np.unique(lab)
+    ids = ids[ids > 0]
+    near = ndimage.binary_dilation(lab > 0, iterations=3)
+    outside = img[~near] if (~near).any() else img[lab == 0]
+    background = float(np.median(outside)) if outside.size else float(np.min(img))
+    means = ndimage.mean(img, lab, ids) if ids.size else []
+    return background, {int(i): float(m) for i, m in zip(ids, means, strict=True)}
+
+
+def frame_brightness(image: np.ndarray, labels: np.ndarray) -> FrameBrightness:
+    background, cells = measure_brightness(image, labels)
+    return FrameBrightness(round(background, 4), [round(v, 4) for v in cells.values()])
+
+
+def draw_brightness(
+    labels: np.ndarray, frames: Sequence[FrameBrightness], rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """A lookup table label -> mean brightness and a background level for a synthetic frame.
+
+    One real frame is drawn (its exposure), then each cell's brightness from that frame's
+    cells, so the frame keeps the real frames' cell-to-cell spread."""
+    usable = [f for f in frames if f.cells]
+    lut = np.zeros(int(np.max(labels, initial=0)) + 1, np.float64)
+    if not usable:
+        raise CellsynthInputError("the bundle records no cell brightness to condition on")
+    frame = usable[int(rng.integers(len(usable)))]
+    lut[1:] = rng.choice(np.asarray(frame.cells), size=lut.size - 1, replace=True)
+    lut[0] = frame.background
+    return lut, frame.background
+
+
+def _brightness_channel(
+    labels: np.ndarray, lut: np.ndarray, background: float, stats: IntensityStats
+) -> np.ndarray:
+    """The brightness channel in model units: each cell's value inside it, background outside."""
+    values = np.clip(stats.normalise(np.asarray(lut, np.float64)) * 2 - 1, -1.5, 1.5)
+    bg = float(np.clip(stats.normalise(np.asarray([background]))[0] * 2 - 1, -1.5, 1.5))
+    chan = values[labels].astype(np.float32)
+    chan[labels == 0] = bg
+    return chan
 
 
 def label_condition(labels: np.ndarray) -> np.ndarray:
@@ -76,7 +153,11 @@ class TextureTiles:
         labels: Sequence[np.ndarray],
         stats: IntensityStats,
         tile: int,
+        *,
+        brightness: bool = False,
     ) -> None:
+        """With ``brightness``, the condition has each cell's own mean brightness and the
+        image's background level (:func:`measure_brightness`) as a fourth channel."""
         self.tile = tile
         self.x: list[torch.Tensor] = []
         self.c: list[torch.Tensor] = []
@@ -86,7 +167,15 @@ class TextureTiles:
                 img, lab = _pad_to(img, tile, "reflect"), _pad_to(lab, tile, "constant")
             x = np.clip(stats.normalise(img) * 2 - 1, -1.5, 1.5)
             self.x.append(torch.from_numpy(x[None].astype(np.float32)))
-            self.c.append(torch.from_numpy(label_condition(lab)))
+            cond = label_condition(lab)
+            if brightness:
+                background, cells = measure_brightness(img, lab)
+                lut = np.full(int(lab.max()) + 1, background)
+                for i, v in cells.items():
+                    lut[i] = v
+                chan = _brightness_channel(lab, lut, background, stats)
+                cond = np.concatenate([cond, chan[None]])
+            self.c.append(torch.from_numpy(cond))
             self.weights.append(float(img.size))
         if not self.x:
             raise CellsynthInputError("no images to train the texture model on")
@@ -134,19 +223,31 @@ def paint(
     device: Any = "cpu",
     max_side: int = 1024,
     batch_size: int = 2,  # larger batches of big slices run slower on CPU (cache)
+    brightness: tuple[np.ndarray, float] | None = None,
 ) -> np.ndarray:
     """Synthesise the intensity image of a 2D label image, or of each slice of a 3D one.
 
     ``noise`` (S, 1, H, W) sets the initial noise; by default it is drawn from ``generator``,
     independent per slice, or, with ``rho``, correlated across the slices of a stack
-    (paper 001, eq. 2).
+    (paper 001, eq. 2). A brightness-conditioned model needs ``brightness``: a lookup table
+    label -> mean brightness and the background level, raw units (:func:`draw_brightness`).
     """
     lab = np.asarray(labels)
     stack = lab if lab.ndim == 3 else lab[None]
     s, h, w = stack.shape
     m = cfg.downsampling
     ph, pw = (-h) % m, (-w) % m
+    if brightness_conditioned(cfg) != (brightness is not None):
+        raise CellsynthInputError(
+            "this texture model "
+            + ("needs" if brightness_conditioned(cfg) else "takes no")
+            + " per-cell brightness"
+        )
     cond = np.stack([label_condition(sl) for sl in stack])
+    if brightness is not None:
+        lut, background = brightness
+        chans = [_brightness_channel(sl, lut, background, stats) for sl in stack]
+        cond = np.concatenate([cond, np.stack(chans)[:, None]], axis=1)
     if ph or pw:
         cond = np.pad(cond, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
     if noise is None and rho is not None:
@@ -232,13 +333,10 @@ def match_cell_brightness(
 
 def _grown(labels2d: np.ndarray, lut: np.ndarray, radius: float) -> np.ndarray:
     """``lut[label]`` per pixel, background pixels within ``radius`` taking the nearest cell's."""
-    from scipy import ndimage
+    from skimage.segmentation import expand_labels
 
-    if radius <= 0 or not labels2d.any():
-        return lut[labels2d]
-    dist, idx = ndimage.distance_transform_edt(labels2d == 0, return_indices=True)
-    near = labels2d[idx[0], idx[1]]
-    return np.where(dist <= radius, lut[near], 1.0)
+    grown = expand_labels(labels2d, distance=radius) if radius > 0 else labels2d
+    return np.where(grown > 0, lut[grown], 1.0)
 
 
 def match_background(

@@ -76,6 +76,32 @@ def build_unet(cfg: DiffusionConfig) -> Any:
     )
 
 
+def load_widened(target: Any, source: Any) -> list[str]:
+    """Copy ``source``'s weights into ``target`` (same architecture) to continue training.
+
+    The first convolution may take more input channels in ``target`` (a new condition channel):
+    the source's weights fill the first channels and the new ones start at zero, so the model
+    paints exactly as before until training teaches it the new channel. Returns the names of
+    the widened weights."""
+    src = {k: v.detach() for k, v in source.state_dict().items()}
+    own = {k: v.detach().clone() for k, v in target.state_dict().items()}
+    if set(src) != set(own):
+        raise ValueError("the two models have different architectures")
+    widened = []
+    for key, w in src.items():
+        t = own[key]
+        if t.shape == w.shape:
+            t.copy_(w)
+        elif t.ndim == 4 and t.shape[0] == w.shape[0] and t.shape[1] > w.shape[1]:
+            t.zero_()
+            t[:, : w.shape[1]].copy_(w)
+            widened.append(key)
+        else:
+            raise ValueError(f"{key}: shape {tuple(w.shape)} cannot become {tuple(t.shape)}")
+    target.load_state_dict(own)
+    return widened
+
+
 def make_train_scheduler(cfg: DiffusionConfig) -> Any:
     from diffusers import DDPMScheduler
 
