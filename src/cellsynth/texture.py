@@ -344,6 +344,8 @@ def match_background(
     labels: np.ndarray,
     target: dict[str, float],
     rng: np.random.Generator,
+    *,
+    noise_in_cells: bool = False,
 ) -> np.ndarray:
     """Add the camera noise and uneven illumination the texture model leaves out.
 
@@ -353,7 +355,10 @@ def match_background(
     quadrature): white noise over the whole image, and a smooth random field (Gaussian-filtered
     noise at twice the median cell diameter) for the illumination; their amplitudes are
     corrected twice by measuring the result (the measure sees them through its filters and the
-    dtype's rounding). 2D only; same dtype back.
+    dtype's rounding). The white noise goes on the background only (fading over 1 px at the
+    cells' edges), unless ``noise_in_cells``: inside the cells the texture model paints their
+    own grain, and noise added on top widens the cells' texture beyond the real cells'.
+    2D only; same dtype back.
     """
     from scipy import ndimage
 
@@ -371,6 +376,8 @@ def match_background(
         return image
     diam = 2 * np.sqrt(np.median(areas) / np.pi)
     white = rng.normal(size=img.shape)
+    if not noise_in_cells:
+        white *= ndimage.gaussian_filter((lab == 0).astype(np.float64), 1.0)
     field = ndimage.gaussian_filter(rng.normal(size=img.shape), 2 * diam, mode="wrap")
     field /= 1.4826 * np.median(np.abs(field - np.median(field))) + 1e-12
     keys = ("background_noise", "illumination")
