@@ -11,6 +11,8 @@ import tifffile
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import (
     DatasetWriter,
+    ctc_slice,
+    frame_key,
     pair_files,
     read_array,
     read_dataset,
@@ -154,6 +156,71 @@ def test_ctc_seg_folder_alone_is_labels_only(ctc_folder):
     assert len(ds) == 2
     assert ds.pairs[0].annotated_slices == (3,)
     assert not ds.pairs[0].has_image
+
+
+@pytest.mark.parametrize(
+    ("stem", "parsed"),
+    [
+        ("man_seg_000_012", (0, 12)),
+        ("man_seg007_3", (7, 3)),
+        ("man_seg000", None),
+        ("man_seg_000", None),
+        ("t000_012", None),
+    ],
+)
+def test_ctc_slice_names_give_frame_and_slice(stem, parsed):
+    assert ctc_slice(stem) == parsed
+
+
+def test_a_slice_file_belongs_to_its_frame():
+    assert frame_key("man_seg_007_012") == 7
+    assert frame_key("man_seg007") == 7
+
+
+def test_slice_files_pair_by_frame_and_slice():
+    from pathlib import Path
+
+    imgs = [Path("man_seg_000_004.tif"), Path("man_seg_000_003.tif")]
+    labs = [Path("man_seg_0_3.tif"), Path("man_seg_0_4.tif")]
+    pairs = {a.name: b.name for a, b in pair_files(imgs, labs)}
+    assert pairs == {
+        "man_seg_000_003.tif": "man_seg_0_3.tif",
+        "man_seg_000_004.tif": "man_seg_0_4.tif",
+    }
+
+
+def test_one_slice_file_is_read_as_an_annotated_slice_of_its_frame(ctc_folder):
+    ds = read_dataset(ctc_folder / "02_GT" / "SEG" / "man_seg_001_003.tif")
+    pair = ds.pairs[0]
+    assert (pair.key, pair.annotated_slices) == (1, (3,))
+    assert not pair.has_image
+
+
+def test_labels_only_folder_groups_slice_files_into_frames(tmp_path):
+    lab = disks()
+    for t, z in ((0, 1), (0, 4), (1, 2)):
+        tifffile.imwrite(tmp_path / f"man_seg_{t:03d}_{z:03d}.tif", lab)
+    tifffile.imwrite(tmp_path / "man_seg002.tif", lab)
+    ds = read_dataset(tmp_path, labels_only=True)
+    assert [(p.name, p.key, p.annotated_slices) for p in ds] == [
+        ("man_seg002", 2, None),
+        ("man_seg000", 0, (1, 4)),
+        ("man_seg001", 1, (2,)),
+    ]
+
+
+def test_ctc_whole_frame_labels_win_over_slices_of_the_same_frame(tmp_path):
+    for d in ("01", "01_GT/SEG"):
+        (tmp_path / d).mkdir(parents=True)
+    lab = disks()
+    for t in (0, 1):
+        tifffile.imwrite(tmp_path / "01" / f"t{t:03d}.tif", image_for(lab))
+    seg = tmp_path / "01_GT" / "SEG"
+    for name in ("man_seg000", "man_seg_000_002", "man_seg_001_002", "notes"):
+        tifffile.imwrite(seg / f"{name}.tif", lab)
+    first, second = read_dataset(tmp_path / "01").pairs
+    assert (first.labels_path.name, first.slice_paths) == ("man_seg000.tif", {})
+    assert (second.labels_path, second.annotated_slices) == (None, (2,))
 
 
 def test_image_file_finds_its_labels_in_sibling_folder(dataset_folder):
