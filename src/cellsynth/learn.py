@@ -62,6 +62,8 @@ class LearnSettings:
     texture_batch: int = 16
     lr: float = 1e-3
     warmup: int = 50
+    # any name of diffusers.optimization.get_scheduler; "cosine" decays to 0 at the step target
+    lr_schedule: str = "constant_with_warmup"
     ema_decay: float = 0.995
     crop_size: int = 64
     mask_size: int = 32
@@ -268,6 +270,7 @@ def _learn(
     optim = OptimSettings(
         lr=settings.lr,
         warmup=settings.warmup,
+        lr_schedule=settings.lr_schedule,
         ema_decay=settings.ema_decay,
         grad_accumulation=settings.grad_accumulation,
     )
