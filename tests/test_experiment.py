@@ -309,6 +309,7 @@ def test_an_experiment_trains_its_rows_with_the_backend_it_names(tmp_path):
     assert get_backend(NAME).is_model_file(Path(rec["model"]))
     assert 0.0 < rec["SEG"] <= 1.0  # thresholding finds the sample nuclei
     assert rec["n_real_images"] is None  # not in this backend's log: recorded as unknown
+    assert (out / "results.md").read_text().startswith(f"# tiny: {NAME} trained on")
     # another backend is another row: its key differs, so it would train again
     c.update(training={"epochs": 1})
     plain = Experiment(config_from_dict(c), out)

@@ -80,8 +80,9 @@ def results_markdown(res: dict[str, Any]) -> str:
     training = section_defaults("training") | {
         k: v for k, v in cfg["training"].items() if v is not None
     }
+    backend = cfg["training"].get("backend")
     lines = [
-        f"# {cfg['name']}: Cellpose trained on real / synthetic / both",
+        f"# {cfg['name']}: {backend or 'Cellpose'} trained on real / synthetic / both",
         "",
         f"Data `{cfg['data']}`; train {', '.join(cfg['train'])}; test {', '.join(cfg['test'])}.",
         f"Bundle: `{cfg['bundle']}`."
