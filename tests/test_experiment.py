@@ -208,6 +208,9 @@ def test_a_budget_lowers_epochs_and_a_hopeless_budget_is_refused(tmp_path):
         ({"training": {"epoch": 3}}, "unknown key(s) ['epoch'] in 'training'"),
         ({"learn": {"frames": ["nope"]}}, "'learn' frames ['nope'] must be a non-empty subset"),
         ({"learn": {"frames": []}}, "'learn' frames [] must be a non-empty subset"),
+        ({"training": {"backend": "nope"}}, "'training': 'backend' must be one of cellpose3"),
+        ({"synthetic": {"brightness": "x"}}, "'brightness' must be one of data, model"),
+        ({"learn": {"voxel_size": [1, 0]}}, "'learn': 'voxel_size' must be three positive"),
     ],
 )
 def test_bad_configs_get_one_line_errors(tmp_path, capsys, change, expected):
@@ -290,3 +293,25 @@ def test_a_3d_experiment_trains_on_slices_and_scores_stacks(tmp_path):
     assert both["frames"][0]["name"] == "s2"  # the whole stack, segmented in 3D
     ds = json.loads((out / "synthetic" / "dataset.json").read_text())
     assert ds["voxel_size"] is not None
+
+
+def test_an_experiment_trains_its_rows_with_the_backend_it_names(tmp_path):
+    """``training.backend``: every row is fine-tuned, saved, loaded and scored by that backend
+    (here the threshold + watershed test backend, registered by importing its test module)."""
+    from cellsynth.segmenters import get_backend
+    from test_segmenter_backend import NAME
+
+    c = tiny_config(training={"epochs": 1, "backend": NAME}, rows=[{"name": "real"}])
+    out = tmp_path / "out"
+    list(run_experiment(config_from_dict(c), out, device="cpu"))
+    rec = json.loads((out / "rows" / "real.json").read_text())
+    assert rec["backend"] == NAME and rec["epochs"] == 1
+    assert get_backend(NAME).is_model_file(Path(rec["model"]))
+    assert 0.0 < rec["SEG"] <= 1.0  # thresholding finds the sample nuclei
+    assert rec["n_real_images"] is None  # not in this backend's log: recorded as unknown
+    assert (out / "results.md").read_text().startswith(f"# tiny: {NAME} trained on")
+    # another backend is another row: its key differs, so it would train again
+    c.update(training={"epochs": 1})
+    plain = Experiment(config_from_dict(c), out)
+    row = plain.config.rows[0]
+    assert plain.row_key(row, 1) != rec["key"]

@@ -553,6 +553,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from cellsynth.segmenters import FinetuneSettings  # defaults (light: no torch)
+
     parser = argparse.ArgumentParser(
         prog="cellsynth",
         description="Learn cells from a few annotated microscopy images, synthesize annotated "
@@ -820,7 +822,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.6,
         help="probability that a training image is real (default 0.6)",
     )
-    p.add_argument("--epochs", type=int, default=100, help="epochs (default 100)")
+    p.add_argument(
+        "--epochs", type=int, default=FinetuneSettings.epochs, help="epochs (default 100)"
+    )
     p.add_argument(
         "--images-per-epoch",
         type=int,

@@ -1,0 +1,116 @@
+"""An experiment's rows side by side, one ``cellsynth experiment --only ROW`` process per device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from cellsynth.errors import CellsynthInputError
+from cellsynth.experiment.config import ExperimentConfig, Row, load_config
+from cellsynth.experiment.runner import Experiment, ExperimentProgress
+
+log = logging.getLogger(__name__)
+
+
+def row_devices(devices: Sequence[str]) -> list[str]:
+    """The devices of ``--devices``: names as given (``cuda:0 cuda:1``, ``cpu cpu``), or
+    ``auto``: every CUDA GPU (``cuda:0`` …), else the one device :func:`select_device` picks."""
+    from cellsynth.device import select_device
+
+    if list(devices) == ["auto"]:
+        import torch
+
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return [f"cuda:{i}" for i in range(n)] or [str(select_device("auto"))]
+    return [str(select_device(d)) for d in devices]
+
+
+def run_rows_in_parallel(
+    config: ExperimentConfig | str | Path,
+    out: str | Path,
+    devices: Sequence[str],
+    *,
+    only: Sequence[str] | None = None,
+    poll_seconds: float = 1.0,
+) -> Iterator[ExperimentProgress]:
+    """Run an experiment's rows side by side, one row per device (``--devices``).
+
+    The bundle and the synthetic pairs are prepared here first (on the first device); then one
+    ``cellsynth experiment CONFIG -o OUT --only ROW --device DEV`` process per device trains a
+    row, and the next pending row takes the first device that is free, so an experiment takes
+    about the time of its slowest row. Curated rows start once their scorer row is finished.
+    Each process's output is in ``OUT/logs/ROW.log``; finished rows are kept as in
+    :func:`run_experiment`, so a rerun continues.
+    """
+    import subprocess
+
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    if config.source is None:
+        raise CellsynthInputError("rows in parallel need the experiment config as a file")
+    devices = list(devices)
+    out = Path(out)
+    exp = Experiment(config, out, device=devices[0])
+    for p in exp.run(only=only, prepare_only=True):
+        if p.stage != "done":
+            yield p
+    rows = [r for r in config.rows if not only or r.name in only]
+    scorer = config.scorer if any(r.curated for r in rows) else None
+    if scorer is not None and scorer not in rows:
+        rows = [scorer, *rows]
+    epochs = config.epochs
+    pending = sorted(
+        (r for r in rows if exp.finished(r, epochs) is None),
+        key=lambda r: 0 if scorer is not None and r.name == scorer.name else 1,
+    )
+    total = max(len(pending), 1)
+    running: dict[str, tuple[Row, subprocess.Popen, Any]] = {}
+    (out / "logs").mkdir(exist_ok=True)
+    env = {**os.environ, "LOCAL_WORLD_SIZE": str(len(devices))}  # threads: cores / rows
+    try:
+        while pending or running:
+            for dev in devices:
+                if dev in running:
+                    continue
+                ready = [
+                    r for r in pending if not r.curated or exp.finished(scorer, epochs) is not None
+                ]
+                if not ready:
+                    break
+                row = ready[0]
+                pending.remove(row)
+                log_file = open(out / "logs" / f"{row.slug}.log", "a")
+                cmd = [sys.executable, "-m", "cellsynth", "experiment", str(config.source)]
+                cmd += ["-o", str(out), "--only", row.name, "--device", dev]
+                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                running[dev] = (row, proc, log_file)
+                log.info("row %r on %s (pid %d)", row.name, dev, proc.pid)
+                yield ExperimentProgress("training", row.name, 0.0, f"started on {dev}")
+            time.sleep(poll_seconds)
+            for dev, (row, proc, log_file) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log_file.close()
+                del running[dev]
+                if proc.returncode != 0:
+                    raise CellsynthInputError(
+                        f"row {row.name!r} failed on {dev} (exit code {proc.returncode}); "
+                        "its output is in this file",
+                        out / "logs" / f"{row.slug}.log",
+                    )
+                left = len(pending) + len(running)
+                yield ExperimentProgress(
+                    "evaluation", row.name, 1.0 - left / total, f"finished on {dev}"
+                )
+    finally:
+        for _row, proc, log_file in running.values():  # interrupted: stop this run's rows
+            proc.terminate()
+            proc.wait()
+            log_file.close()
+    exp.write_results()
+    yield ExperimentProgress("done", None, 1.0, str(out / "results.json"))

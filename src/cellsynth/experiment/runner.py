@@ -1,0 +1,541 @@
+"""Running an experiment: the bundle, the synthetic sets, one segmenter per row, its record.
+
+:class:`Experiment` is the state of one experiment folder; :meth:`Experiment.run` does the
+work in stages and yields :class:`ExperimentProgress`; :func:`run_experiment` is its front door.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from cellsynth.errors import CellsynthInputError
+from cellsynth.experiment.config import ExperimentConfig, Row, load_config
+from cellsynth.experiment.keys import RowKeys
+from cellsynth.experiment.results import nan_to_none, write_results
+from cellsynth.io import Pair, read_dataset, write_json
+from cellsynth.segmenters import FinetuneSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExperimentProgress:
+    stage: str  # bundle | synthesis | calibration | training | scoring | evaluation | done
+    row: str | None
+    fraction: float
+    message: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def machine_info(device: str) -> dict[str, Any]:
+    import torch
+
+    from cellsynth import __version__
+
+    info: dict[str, Any] = {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cellsynth": __version__,
+    }
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    with contextlib.suppress(Exception):
+        import cellpose
+
+        info["cellpose"] = getattr(cellpose, "__version__", None) or _dist_version("cellpose")
+    return info
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+@contextlib.contextmanager
+def _preparation_lock(out: Path) -> Iterator[None]:
+    """The experiment folder's write lock for the bundle and synthesis stage: a second run
+    waits for the first one's preparation (and then shares it)."""
+    from cellsynth.locks import folder_lock
+
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(folder_lock(out, "experiment folder"))
+        except CellsynthInputError as exc:
+            log.info("%s; waiting", exc)
+            stack.enter_context(folder_lock(out, "experiment folder", wait=math.inf))
+        yield
+
+
+class Experiment:
+    """The state of one experiment folder; :meth:`run` does the work and yields progress."""
+
+    def __init__(self, config: ExperimentConfig, out: str | Path, *, device: str = "auto"):
+        self.config = config
+        self.out = Path(out)
+        self.device = device
+        self.pairs = self._read_frames()
+        self.keys = RowKeys(config, self._synthetic_size)
+        self.epochs = config.epochs
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _read_frames(self) -> dict[str, Pair]:
+        cfg = self.config
+        ds = read_dataset(cfg.data, require_labels=True)
+        pairs = {p.name: p for p in ds.pairs}
+        if cfg.voxel_size:
+            for p in pairs.values():
+                p.voxel_size = p.voxel_size or cfg.voxel_size
+        missing = [n for n in cfg.train + cfg.test if n not in pairs]
+        if missing:
+            raise CellsynthInputError(
+                f"frames {missing} not found (available: {sorted(pairs)[:20]})", cfg.data
+            )
+        return pairs
+
+    @property
+    def train_pairs(self) -> list[Pair]:
+        return [self.pairs[n] for n in self.config.train]
+
+    @property
+    def learn_pairs(self) -> list[Pair]:
+        """The frames the bundle learns from: ``learn.frames``, else all training frames."""
+        names = self.config.learn.get("frames") or self.config.train
+        return [self.pairs[n] for n in names]
+
+    @property
+    def test_pairs(self) -> list[Pair]:
+        return [self.pairs[n] for n in self.config.test]
+
+    # -- paths and records ------------------------------------------------------------------
+
+    @property
+    def bundle_path(self) -> Path:
+        return self.config.bundle or self.out / "bundle"
+
+    def synthetic_path(self, rho: float | None) -> Path:
+        return self.out / ("synthetic" if rho is None else f"synthetic_rho{rho:g}")
+
+    def model_path(self, row: Row) -> Path:
+        return self.out / "models" / row.slug
+
+    def row_path(self, row: Row) -> Path:
+        return self.out / "rows" / f"{row.slug}.json"
+
+    def synthetic_key(self, rho: float | None) -> str:
+        return self.keys.synthetic(rho)
+
+    def row_key(self, row: Row, epochs: int) -> str:
+        return self.keys.row(row, epochs)
+
+    def _scorer(self) -> Row:
+        scorer = self.config.scorer
+        assert scorer is not None, "config_from_dict checks curated rows' scorer"
+        return scorer
+
+    def finished(self, row: Row, epochs: int) -> dict[str, Any] | None:
+        path = self.row_path(row)
+        if not path.is_file():
+            return None
+        rec = json.loads(path.read_text())
+        if rec.get("key") != self.row_key(row, epochs) or not self.model_path(row).is_file():
+            return None
+        return rec
+
+    def _synthetic_size(self) -> list[int]:
+        size = self.config.synthetic.get("size")
+        if size:
+            return [int(s) for s in size]
+        return list(self.train_pairs[0].labels.shape)  # the real frames' size
+
+    # -- stages -----------------------------------------------------------------------------
+
+    def run(
+        self,
+        *,
+        only: Sequence[str] | None = None,
+        budget_hours: float | None = None,
+        command: Sequence[str] | None = None,
+        prepare_only: bool = False,
+    ) -> Iterator[ExperimentProgress]:
+        cfg = self.config
+        rows = cfg.rows
+        if only:
+            unknown = sorted(set(only) - {r.name for r in rows})
+            if unknown:
+                raise CellsynthInputError(
+                    f"--only {unknown}: no such row (rows: {[r.name for r in rows]})",
+                    cfg.source or cfg.name,
+                )
+            rows = [r for r in rows if r.name in only]
+            if any(r.curated for r in rows) and self._scorer() not in rows:
+                rows = [self._scorer(), *rows]
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self.command = list(command) if command is not None else sys.argv
+        self.machine = machine_info(str(self._device()))
+        needs = {r.rho for r in rows if r.synthetic}
+        with _preparation_lock(self.out):
+            if needs:
+                yield from self._ensure_bundle()
+                for rho in sorted(needs, key=lambda v: -1 if v is None else v):
+                    yield from self._ensure_synthetic(rho)
+        if prepare_only:
+            self.write_results()
+            yield ExperimentProgress("done", None, 1.0, "bundle and synthetic data ready")
+            return
+        epochs = cfg.epochs
+        pending = [r for r in rows if self.finished(r, epochs) is None]
+        if budget_hours is not None and pending:
+            epochs = yield from self._epochs_for_budget(pending, budget_hours)
+            pending = [r for r in rows if self.finished(r, epochs) is None]
+        self.epochs = epochs
+        scorer = cfg.scorer
+        order = sorted(rows, key=lambda r: 0 if scorer and r.name == scorer.name else 1)
+        for row in order:
+            rec = self.finished(row, epochs)
+            if rec is not None:
+                log.info("row %r already done (same key): kept", row.name)
+                if "cell_jaccards" not in rec:  # rows written before per-cell scores were kept
+                    yield ExperimentProgress("evaluation", row.name, 0.0, "per-cell scores")
+                    self._add_cell_jaccards(row, rec)
+                continue
+            yield from self._run_row(row, epochs)
+            self.write_results()
+        self.write_results()
+        yield ExperimentProgress("done", None, 1.0, str(self.out / "results.json"))
+
+    def _device(self) -> Any:
+        from cellsynth.device import select_device
+
+        return select_device(self.device)
+
+    def _write_config(self) -> None:
+        path = self.out / "config.json"
+        new = self.config.to_dict()
+        if path.is_file():
+            old = json.loads(path.read_text())
+            if old != new:
+                log.warning("%s differs from the config given; rows are matched by key", path)
+                write_json(self.out / f"config-{time.strftime('%Y%m%d-%H%M%S')}.json", new)
+        else:
+            write_json(path, new)
+
+    def _ensure_bundle(self) -> Iterator[ExperimentProgress]:
+        path = self.bundle_path
+        if self.config.bundle is not None:
+            _ = self.keys.bundle_identity  # checks bundle.json
+            return
+        done = self.out / "bundle.done.json"
+        if done.is_file() and json.loads(done.read_text()).get("learn") == self.config.learn:
+            return
+        from cellsynth import learn, learn3d
+
+        settings = dataclasses.replace(self.config.learn_settings, device=self.device)
+        resume = (path / "training_state" / "state.json").is_file()
+        if path.exists() and any(path.iterdir()) and not resume:
+            raise CellsynthInputError(
+                "an unfinished bundle without training state is in the way; remove it", path
+            )
+        t0 = time.perf_counter()
+        s3 = self.config.learn_3d_settings
+        if s3 is not None:
+            learn3d.check_3d_pairs(self.learn_pairs)
+            s3.voxel_size = s3.voxel_size or self._data_voxel_size()
+            job = learn3d.learn_3d(self.learn_pairs, path, settings, s3, resume=resume)
+        else:
+            job = learn.learn(self.learn_pairs, path, settings, resume=resume)
+        last = None
+        for p in job:
+            last = p
+            yield ExperimentProgress("bundle", None, p.fraction, f"loss {p.loss:.4f}")
+        write_json(
+            done,
+            {
+                "learn": self.config.learn,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "mask_steps": getattr(last, "mask_step", None),
+                "texture_steps": getattr(last, "texture_step", None),
+            },
+        )
+
+    def _ensure_synthetic(self, rho: float | None) -> Iterator[ExperimentProgress]:
+        from cellsynth import synthesize
+        from cellsynth.io import DatasetWriter
+
+        path = self.synthetic_path(rho)
+        key = self.synthetic_key(rho)
+        n = self.config.n_synthetic
+        marker = path / "experiment.json"
+        state = json.loads(marker.read_text()) if marker.is_file() else {}
+        if state.get("key") not in (None, key):
+            raise CellsynthInputError(
+                "holds synthetic pairs of another config (bundle, size or seed changed); "
+                "use a new output folder",
+                path,
+            )
+        have = len(self._synthetic_names(path))
+        if have >= n:
+            return
+        base = self.config.synthesis_params
+        size = tuple(self._synthetic_size())
+        params = dataclasses.replace(
+            base,
+            size=size,
+            seed=base.seed + have,
+            rho=rho,
+            voxel_size=self._data_voxel_size() if len(size) == 3 else None,
+        )
+        t0 = time.perf_counter()
+        for i, _total, _ in synthesize.synthesize(
+            path, n - have, params, bundle=self.bundle_path, device=self.device
+        ):
+            if i == 1 and not marker.is_file():
+                write_json(marker, {"key": key, "seconds": 0.0, "n": n})
+            yield ExperimentProgress("synthesis", None, (have + i) / n, f"pair {have + i}/{n}")
+        secs = float(state.get("seconds", 0.0)) + time.perf_counter() - t0
+        write_json(marker, {"key": key, "seconds": round(secs, 1), "n": n})
+        DatasetWriter(path)  # dataset.json exists and reads back
+
+    def _data_voxel_size(self) -> tuple[float, ...] | None:
+        """The real stacks' voxel size (config, else the training files'); None: the bundle's."""
+        if self.config.voxel_size:
+            return tuple(self.config.voxel_size)
+        for p in self.train_pairs:
+            _ = p.image  # reading the image fills the voxel size from the file's metadata
+            if p.voxel_size and len(p.voxel_size) == 3:
+                return tuple(p.voxel_size)
+        return None
+
+    @staticmethod
+    def _synthetic_names(path: Path) -> list[str]:
+        if not (path / "labels").is_dir():
+            return []
+        return sorted(
+            p.stem for p in (path / "labels").glob("*.tif") if (path / "images" / p.name).is_file()
+        )
+
+    def synthetic_pairs(self, row: Row) -> list[Pair]:
+        if not row.synthetic:
+            return []
+        path = self.synthetic_path(row.rho)
+        pairs = read_dataset(path, require_labels=True).pairs
+        pairs = sorted(pairs, key=lambda p: p.name)[: self.config.n_synthetic]
+        if row.curated:
+            quality = self._quality(path, pairs)
+            pairs = sorted(pairs, key=lambda p: -quality[p.name])  # best first
+        return pairs[: row.synthetic]
+
+    def _load_model(self, row: Row) -> Any:
+        from cellsynth.segment import load_model
+
+        return load_model(self.model_path(row), self.device, backend=self.config.backend)
+
+    def _quality(self, path: Path, pairs: Sequence[Pair]) -> dict[str, float]:
+        """SEG of the scorer model on each synthetic pair (cached in the dataset's JSON)."""
+        from cellsynth.io import DatasetWriter
+        from cellsynth.segment import record_quality, score_dataset
+
+        scorer = self._scorer()
+        scorer_key = self.row_key(scorer, self.epochs)
+        writer = DatasetWriter(path)
+        samples = writer.meta["samples"]
+        todo = [
+            p
+            for p in pairs
+            if samples.get(p.name, {}).get("quality", {}).get("scorer_key") != scorer_key
+        ]
+        if todo:
+            model = self._load_model(scorer)
+            record_quality(
+                writer, score_dataset(model, todo), self.model_path(scorer), scorer_key=scorer_key
+            )
+        out = {}
+        for p in pairs:
+            v = samples[p.name]["quality"]["SEG"]
+            out[p.name] = -1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v
+        return out
+
+    def _settings(self, row: Row, epochs: int) -> FinetuneSettings:
+        return dataclasses.replace(
+            self.config.finetune_settings, epochs=epochs, p_real=row.p_real, device=self.device
+        )
+
+    def _epochs_for_budget(
+        self, pending: Sequence[Row], hours: float
+    ) -> Iterator[ExperimentProgress]:
+        """Epochs so that the pending rows fit in ``hours``: time a 2-epoch run, then scale."""
+        import tempfile
+
+        from cellsynth.segment import finetune
+
+        row = max(pending, key=lambda r: (bool(r.real), r.synthetic))
+        settings = self._settings(row, 2)
+        real = [self.pairs[n] for n in row.real]
+        # the first pairs stand in for a curated selection: timing needs no quality scores
+        syn = self.synthetic_pairs(dataclasses.replace(row, curated=False))
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "calibration"
+            for p in finetune(real, syn, out, settings, backend=self.config.backend):
+                yield ExperimentProgress("calibration", row.name, p.fraction)
+        per_epoch = (time.perf_counter() - t0) / 2  # includes set-up: errs on the safe side
+        eval_s = 30.0 * len(self.config.test)
+        budget = hours * 3600 - len(pending) * eval_s
+        epochs = min(self.config.epochs, int(budget / (len(pending) * per_epoch)))
+        if epochs < 10:
+            raise CellsynthInputError(
+                f"a time budget of {hours:g} h allows {max(epochs, 0)} epochs for "
+                f"{len(pending)} row(s) ({per_epoch:.1f} s per epoch here); give at least "
+                f"{len(pending) * (10 * per_epoch + eval_s) / 3600:.2f} h or fewer rows"
+            )
+        log.info(
+            "budget %.2f h: %d epochs per row (%.1f s/epoch, %d rows)",
+            hours, epochs, per_epoch, len(pending),
+        )  # fmt: skip
+        return epochs
+
+    def _run_row(self, row: Row, epochs: int) -> Iterator[ExperimentProgress]:
+        from cellsynth.segment import evaluate_model, finetune, finetune_outputs, read_log
+
+        backend = self.config.backend
+        real = [self.pairs[n] for n in row.real]
+        if row.curated:
+            yield ExperimentProgress("scoring", row.name, 0.0, "quality scores")
+        syn = self.synthetic_pairs(row)
+        out = self.model_path(row)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a stale model of another key, or what a killed run left (its work folder): this
+        # experiment's own files, set aside, never deleted
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for src in finetune_outputs(out, backend):
+            if src.exists():
+                src.rename(src.with_name(f"{src.name}.old-{stamp}"))
+        settings = self._settings(row, epochs)
+        t0 = time.perf_counter()
+        for p in finetune(real, syn, out, settings, backend=backend):
+            yield ExperimentProgress(
+                "training", row.name, p.fraction, f"epoch {p.epoch}/{epochs} loss {p.loss:.4f}"
+            )
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        ev = evaluate_model(self._load_model(row), self.test_pairs)
+        eval_s = time.perf_counter() - t1
+        s = ev.summary()
+        log_json = read_log(out)  # what the backend records; Cellpose 3's fills every field
+        rec = {
+            "row": asdict(row),
+            "key": self.row_key(row, epochs),
+            "backend": backend,
+            "SEG": s["SEG"],
+            "AP50": s["AP50"],
+            "bPQ": s["bPQ"],
+            "n_reference": s["n_reference"],
+            "n_predicted": s["n_predicted"],
+            "frames": ev.rows(),
+            "cell_jaccards": {f.name: list(f.jaccards) for f in ev.frames},
+            "epochs": epochs,
+            "nimg_per_epoch": log_json.get("nimg_per_epoch", settings.nimg_per_epoch),
+            "n_real_images": log_json.get("n_real"),
+            "n_synthetic_images": log_json.get("n_synthetic"),
+            "synthetic_used": [p.name for p in syn],
+            "p_real_effective": log_json.get("p_real_effective"),
+            "final_loss": (log_json.get("epoch_losses") or [None])[-1],
+            "train_seconds": round(train_s, 1),
+            "eval_seconds": round(eval_s, 1),
+            "model": str(out),
+            "command": self.command,
+            "machine": self.machine,
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
+        write_json(self.row_path(row), nan_to_none(rec))
+        yield ExperimentProgress(
+            "evaluation", row.name, 1.0, f"SEG {s['SEG']:.3f} AP50 {s['AP50']:.3f}"
+        )
+
+    def _add_cell_jaccards(self, row: Row, rec: dict[str, Any]) -> None:
+        from cellsynth.segment import evaluate_model
+
+        ev = evaluate_model(self._load_model(row), self.test_pairs)
+        if abs(ev.summary()["SEG"] - rec["SEG"]) > 1e-6:
+            log.warning("row %r: re-evaluated SEG differs from the recorded one", row.name)
+        rec["cell_jaccards"] = {f.name: list(f.jaccards) for f in ev.frames}
+        write_json(self.row_path(row), nan_to_none(rec))
+
+    # -- results ----------------------------------------------------------------------------
+
+    def results(self) -> dict[str, Any]:
+        rows = {}
+        for row in self.config.rows:
+            path = self.row_path(row)
+            if path.is_file():
+                rec = json.loads(path.read_text())
+                if rec.get("key") == self.row_key(row, int(rec.get("epochs", 0))):
+                    rows[row.name] = rec
+        extra: dict[str, Any] = {}
+        done = self.out / "bundle.done.json"
+        if done.is_file():
+            extra["bundle_learning"] = json.loads(done.read_text())
+        for rho in sorted({r.rho for r in self.config.rows if r.synthetic}, key=str):
+            marker = self.synthetic_path(rho) / "experiment.json"
+            if marker.is_file():
+                extra[f"synthesis{'' if rho is None else f'_rho{rho:g}'}"] = json.loads(
+                    marker.read_text()
+                )
+        return {
+            "config": self.config.to_dict(),
+            "bundle": str(self.bundle_path),
+            **extra,
+            "rows": rows,
+        }
+
+    def write_results(self) -> dict[str, Any]:
+        res = self.results()
+        write_results(self.out, res)
+        return res
+
+
+def run_experiment(
+    config: ExperimentConfig | str | Path,
+    out: str | Path,
+    *,
+    device: str = "auto",
+    only: Sequence[str] | None = None,
+    budget_hours: float | None = None,
+    command: Sequence[str] | None = None,
+    prepare_only: bool = False,
+) -> Iterator[ExperimentProgress]:
+    """Run (or resume) an experiment; yields progress; results in ``out/results.json``.
+
+    ``prepare_only``: learn the bundle and synthesize, train nothing (look at the synthetic
+    pairs first, e.g. in napari).
+    """
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config)
+    exp = Experiment(config, out, device=device)
+    yield from exp.run(
+        only=only, budget_hours=budget_hours, command=command, prepare_only=prepare_only
+    )
