@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +29,9 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, count_cells, require_3d
 from cellsynth.learn import LearnSettings, Progress, learn
 from cellsynth.locks import folder_lock
+from cellsynth.settings import Learn3DSettings
 
 log = logging.getLogger(__name__)
-
-RHO_GRID = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0)
-
-
-@dataclass
-class Learn3DSettings:
-    multiview_steps: int = 600
-    voxel_size: tuple[float, float, float] | None = None  # (z, y, x); None: from the files
-    rho_grid: tuple[float, ...] = RHO_GRID
-    calibration_side: int = 128  # xy side of the stack painted to calibrate rho
-
-    def use_tiny_models(self) -> None:
-        """A small rho-calibration stack: for tests and smoke runs."""
-        self.calibration_side = 32
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def check_3d_pairs(pairs: Sequence[Pair]) -> None:

@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from cellsynth.errors import CellsynthInputError
-from cellsynth.learn import LearnSettings
-from cellsynth.learn3d import Learn3DSettings
 from cellsynth.segmenters import DEFAULT_BACKEND, FinetuneSettings, backend_names
+from cellsynth.settings import Learn3DSettings, LearnSettings
 from cellsynth.synthesize import SynthesisParams
 
 log = logging.getLogger(__name__)
