@@ -92,18 +92,6 @@ def test_missing_path_exits_2(tmp_path, capsys):
     assert "no such file or folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["info", "evaluate"])
-def test_every_subcommand_has_help(command):
-    proc = subprocess.run(
-        [sys.executable, "-m", "cellsynth.cli", command, "--help"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0
-    assert "usage: cellsynth" in proc.stdout
-
-
 @pytest.mark.shared_data
 def test_evaluate_gowt1_gt_against_itself_is_perfect(capsys):
     gowt1 = shared_data("ctc_Fluo-N2DH-GOWT1")

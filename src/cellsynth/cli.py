@@ -1,7 +1,9 @@
 """The ``cellsynth`` command line: the same core functions the napari widgets call.
 
 Bad input ends with one line on stderr naming the file and the problem, and exit code 2;
-``--debug`` shows the full traceback instead.
+``--debug`` shows the full traceback instead. Every long command drives its core generator
+through :func:`run_job`: one progress bar on stderr, and Ctrl-C closes the generator (the core
+keeps its checkpoint), prints one line saying what was kept and exits with 130.
 """
 
 from __future__ import annotations
@@ -12,14 +14,15 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cellsynth import __version__
 from cellsynth.errors import CellsynthInputError
 
 log = logging.getLogger("cellsynth")
+T = TypeVar("T")
 
 
 def _fmt(v: Any) -> str:
@@ -104,9 +107,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if not ds.labelled():
             raise CellsynthInputError(f"{what} holds no label images", ds.root)
     ev = evaluate_datasets(pred, ref)
-    print_table(
-        ev.rows(), ["name", "n_reference", "n_predicted", "SEG", "AP50", "AP75", "AP90", "bPQ"]
-    )
     if ev.unmatched_predictions:
         log.warning(
             "predictions without a reference frame (ignored): %s",
@@ -140,15 +140,21 @@ def _report_evaluation(ev: Any, args: argparse.Namespace) -> int:
 def _evaluate_model(args: argparse.Namespace) -> int:
     """Segment DATA with MODEL, then score against DATA's labels."""
     from cellsynth.io import read_dataset
-    from cellsynth.segment import evaluate_model, load_model
+    from cellsynth.metrics import Evaluation
+    from cellsynth.segment import evaluating, load_model
 
     _check_json_output(args, [args.pred, args.model])
     model = load_model(args.model, args.device, args.backend)
     ds = read_dataset(args.pred, require_labels=True, require_images=True)
-    bar = _progress_bar(len(ds), "segmenting", unit="image")
-    ev = evaluate_model(model, ds.pairs, on_image=lambda i, n: bar.update(1))
-    bar.close()
-    return _report_evaluation(ev, args)
+    last = run_job(
+        evaluating(model, ds.pairs),
+        total=len(ds.pairs),
+        desc="segmenting",
+        unit="image",
+        update=_count,
+        kept="nothing was written",
+    )
+    return _report_evaluation(last[2] if last else Evaluation(), args)
 
 
 def _check_json_output(args: argparse.Namespace, inputs: Sequence[Path]) -> None:
@@ -159,10 +165,30 @@ def _check_json_output(args: argparse.Namespace, inputs: Sequence[Path]) -> None
         check_new_file(args.json, overwrite=args.overwrite, inputs=inputs)
 
 
-def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a long job, which kept what it could; ``str()`` says what was kept."""
+
+
+def run_job(
+    job: Iterator[T],
+    *,
+    total: float,
+    desc: str,
+    unit: str = "it",
+    update: Callable[[Any, T], None] | None = None,
+    kept: str | Callable[[], str] = "",
+) -> T | None:
+    """Run a core generator to its end behind one progress bar; return its last record.
+
+    Every long command runs here. ``update(bar, record)`` shows a record on the tqdm ``bar``
+    (default: one more ``unit`` per record). On Ctrl-C the generator is closed, so that the core
+    saves its checkpoint or model, and :class:`Interrupted` carries what was kept: ``kept``, or
+    what it returns when it is a callable (called after the close, e.g. to save a model). ``main``
+    prints it as one line and exits with 130.
+    """
     from tqdm import tqdm
 
-    return tqdm(
+    bar = tqdm(
         total=total,
         desc=desc,
         unit=unit,
@@ -170,6 +196,41 @@ def _progress_bar(total: float, desc: str, unit: str = "it") -> Any:
         file=sys.stderr,
         disable=None if is_main_process() else True,  # one bar under accelerate launch
     )
+    last = None
+    try:
+        for last in job:
+            if update is None:
+                bar.update(1)
+            else:
+                update(bar, last)
+    except KeyboardInterrupt:
+        job.close()  # the core's cleanup: a checkpoint, the weights so far, the lock released
+        raise Interrupted(kept() if callable(kept) else kept) from None
+    finally:
+        bar.close()
+    return last
+
+
+def _advance(bar: Any, position: float, **postfix: str) -> None:
+    """Move ``bar`` to ``position`` with ``postfix`` (tqdm redraws it a few times a second)."""
+    if postfix:
+        bar.set_postfix(postfix, refresh=False)
+    bar.update(position - bar.n)
+
+
+def _count(bar: Any, record: tuple[int, int, Any]) -> None:
+    """Show an ``(i, n, ...)`` record of a core generator: ``i`` of ``n`` done."""
+    _advance(bar, record[0])
+
+
+def _collect(items: list[Any]) -> Callable[[Any, tuple[int, int, Any]], None]:
+    """An ``update`` for ``(i, n, item)`` records that also keeps each ``item`` in ``items``."""
+
+    def update(bar: Any, record: tuple[int, int, Any]) -> None:
+        items.append(record[2])
+        _count(bar, record)
+
+    return update
 
 
 def cmd_learn(args: argparse.Namespace) -> int:
@@ -196,8 +257,6 @@ def cmd_learn(args: argparse.Namespace) -> int:
     )
     if args.tiny:
         settings.use_tiny_models()
-    bar = _progress_bar(100, "learning", unit="%")
-    last = None
     if args.three_d:
         from cellsynth.learn3d import Learn3DSettings, learn_3d
 
@@ -210,27 +269,14 @@ def cmd_learn(args: argparse.Namespace) -> int:
         job = learn_3d(pairs, args.output, settings, s3, resume=args.resume)
     else:
         job = learn(pairs, args.output, settings, resume=args.resume)
-    try:
-        for p in job:
-            last = p
-            bar.n = round(100 * p.fraction, 1)
-            bar.set_postfix(
-                mask=f"{p.mask_step}",
-                texture=f"{p.texture_step}",
-                **({"stage": "3D shapes"} if p.model == "multiview_model" else {}),
-                loss=f"{p.loss:.4f}",
-                refresh=False,
-            )
-            bar.refresh()
-    except KeyboardInterrupt:
-        job.close()  # saves a checkpoint if the interrupt arrived outside the training step
-        bar.close()
-        print(
-            f"interrupted: the last checkpoint is in {args.output}; continue with --resume",
-            file=sys.stderr,
-        )
-        return 130
-    bar.close()
+    last = run_job(
+        job,
+        total=100,
+        desc="learning",
+        unit="%",
+        update=_show_learning,
+        kept=f"the last checkpoint is in {args.output}; continue with --resume",
+    )
     assert last is not None
     summary = {
         "bundle": str(args.output),
@@ -243,6 +289,18 @@ def cmd_learn(args: argparse.Namespace) -> int:
     print(f"bundle written to {args.output}")
     print(json.dumps(summary))
     return 0
+
+
+def _show_learning(bar: Any, p: Any) -> None:
+    """A :class:`cellsynth.learn.Progress` on the bar: percent done, steps, loss."""
+    _advance(
+        bar,
+        round(100 * p.fraction, 1),
+        mask=f"{p.mask_step}",
+        texture=f"{p.texture_step}",
+        **({"stage": "3D shapes"} if p.model == "multiview_model" else {}),
+        loss=f"{p.loss:.4f}",
+    )
 
 
 def _synthesis_params(args: argparse.Namespace) -> Any:
@@ -273,15 +331,16 @@ def cmd_synthesize(args: argparse.Namespace) -> int:
     from cellsynth.synthesize import synthesize
 
     params = _synthesis_params(args)
-    bar = _progress_bar(args.n, "synthesizing", unit="pair")
-    names = []
-    for i, _n, name in synthesize(
-        args.output, args.n, params, bundle=args.bundle, device=args.device
-    ):
-        names.append(name)
-        bar.n = i
-        bar.refresh()
-    bar.close()
+    names: list[str] = []
+    run_job(
+        synthesize(args.output, args.n, params, bundle=args.bundle, device=args.device),
+        total=args.n,
+        desc="synthesizing",
+        unit="pair",
+        update=_collect(names),
+        kept=f"the pairs written so far are in {args.output}; run the same command to add "
+        "the others",
+    )
     if not is_main_process():  # process 0 reports every process's pairs
         return 0
     print(f"{len(names)} pairs written to {args.output} (images/, labels/, dataset.json)")
@@ -306,8 +365,6 @@ def cmd_train_multiview(args: argparse.Namespace) -> int:
     if args.z_ratio is not None:
         model.prior.z_ratio = args.z_ratio
     model.prior.validate()
-    bar = _progress_bar(args.steps, "multiview model", unit="step")
-    last = None
     job = train_multiview(
         model,
         args.steps,
@@ -316,18 +373,20 @@ def cmd_train_multiview(args: argparse.Namespace) -> int:
         seed=args.seed,
         device=args.device,
     )
-    try:
-        for last in job:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last.loss:.4f}", refresh=False)
-    except KeyboardInterrupt:
-        job.close()
-        bar.close()
-        if is_main_process():
+
+    def save_so_far() -> str:
+        if is_main_process():  # the processes hold the same model: process 0 saves it
             model.save(args.output)
-            print(f"interrupted: the model so far is in {args.output}", file=sys.stderr)
-        return 130
-    bar.close()
+        return f"the model so far is in {args.output}"
+
+    last = run_job(
+        job,
+        total=args.steps,
+        desc="multiview model",
+        unit="step",
+        update=lambda bar, p: _advance(bar, p.step, loss=f"{p.loss:.4f}"),
+        kept=save_so_far,
+    )
     if not is_main_process():  # the processes hold the same model: process 0 saves it
         return 0
     model.save(args.output)
@@ -376,21 +435,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         seed=args.seed,
         nimg_per_epoch=args.images_per_epoch,
     )
-    bar = _progress_bar(args.epochs, "fine-tuning", unit="epoch")
-    job = finetune(real, synthetic, args.output, settings, args.backend)
-    last = None
-    try:
-        for p in job:
-            last = p
-            bar.n = p.epoch if not p.done else p.epochs
-            bar.set_postfix(loss=f"{p.loss:.4f}", refresh=False)
-            bar.refresh()
-    except KeyboardInterrupt:
-        job.close()
-        bar.close()
-        print(f"interrupted: the last weights are in {args.output}", file=sys.stderr)
-        return 130
-    bar.close()
+    last = run_job(
+        finetune(real, synthetic, args.output, settings, args.backend),
+        total=args.epochs,
+        desc="fine-tuning",
+        unit="epoch",
+        update=lambda bar, p: _advance(bar, p.epochs if p.done else p.epoch, loss=f"{p.loss:.4f}"),
+        kept=f"the last weights are in {args.output}",
+    )
     print(f"{args.backend} model written to {args.output} (+ training log .log.json)")
     print(
         json.dumps(
@@ -422,9 +474,9 @@ def _backend_arg(p: argparse.ArgumentParser, *, for_model: bool) -> None:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    from cellsynth.io import read_pairs, write_tiff
+    from cellsynth.io import read_pairs
     from cellsynth.outputs import check_output_folder
-    from cellsynth.segment import load_model, segment
+    from cellsynth.segment import load_model
 
     pairs = read_pairs(args.inputs)
     pairs = [p for p in pairs if p.has_image]
@@ -440,24 +492,34 @@ def cmd_segment(args: argparse.Namespace) -> int:
     check_output_folder(args.output, names, inputs=[*args.inputs, args.model])
     model = load_model(args.model, args.device, args.backend)
     args.output.mkdir(parents=True, exist_ok=True)
-    written = []
-    bar = _progress_bar(len(pairs), "segmenting", unit="image")
-    for p in pairs:
-        labels = segment(model, p.image, diameter=args.diameter, path=p.image_path)
-        written.append(
-            str(write_tiff(args.output / f"{p.name}.tif", labels, voxel_size=p.voxel_size))
-        )
-        bar.update(1)
-    bar.close()
-    print(f"{len(written)} label images written to {args.output}")
-    print(json.dumps({"output": str(args.output), "n": len(written)}))
+    run_job(
+        _segment_into(args.output, model, pairs, args.diameter),
+        total=len(pairs),
+        desc="segmenting",
+        unit="image",
+        kept=f"the label images written so far are in {args.output}",
+    )
+    print(f"{len(pairs)} label images written to {args.output}")
+    print(json.dumps({"output": str(args.output), "n": len(pairs)}))
     return 0
+
+
+def _segment_into(
+    out: Path, model: Any, pairs: Sequence[Any], diameter: float | None
+) -> Iterator[Path]:
+    """Segment each pair's image and write its labels as ``out/NAME.tif``; yields each file."""
+    from cellsynth.io import write_tiff
+    from cellsynth.segment import segment
+
+    for p in pairs:
+        labels = segment(model, p.image, diameter=diameter, path=p.image_path)
+        yield write_tiff(out / f"{p.name}.tif", labels, voxel_size=p.voxel_size)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from cellsynth.io import DatasetWriter, read_dataset
     from cellsynth.outputs import dataset_origin, is_synthetic_origin
-    from cellsynth.segment import load_model, record_quality, score_dataset
+    from cellsynth.segment import load_model, record_quality, scoring
 
     origin = dataset_origin(args.dataset) if args.dataset.is_dir() else None
     if origin is not None and not is_synthetic_origin(origin):  # scores go into dataset.json
@@ -470,7 +532,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     if ds.kind != "dataset":
         raise CellsynthInputError("score needs a dataset folder (images/, labels/)", args.dataset)
     model = load_model(args.model, args.device, args.backend)
-    rows = score_dataset(model, ds.pairs)
+    rows: list[dict[str, Any]] = []
+    run_job(
+        scoring(model, ds.pairs),
+        total=len(ds.pairs),
+        desc="scoring",
+        unit="image",
+        update=_collect(rows),
+        kept="no scores were written",
+    )
     record_quality(DatasetWriter(args.dataset), rows, args.model)
     rows.sort(key=lambda r: r["SEG"] if r["SEG"] == r["SEG"] else -1)
     print_table(rows, ["name", "SEG", "IoU", "n_labels", "n_predicted"])
@@ -505,7 +575,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
         raise CellsynthInputError(
             "--devices runs rows side by side: not with --budget-hours or --prepare"
         )
-    bar = _progress_bar(100, "experiment", unit="%")
     if len(devices) > 1:
         job = run_rows_in_parallel(config, args.output, devices, only=args.only)
     else:
@@ -519,26 +588,25 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             prepare_only=args.prepare,
         )
     stage = None
-    try:
-        for p in job:
-            if (p.stage, p.row) != stage:
-                stage = (p.stage, p.row)
-                bar.set_description(f"{p.stage}{f' [{p.row}]' if p.row else ''}")
-                if p.stage == "evaluation" or p.stage == "done":
-                    log.info("%s%s", f"{p.row}: " if p.row else "", p.message)
-            bar.n = round(100 * p.fraction, 1)
-            bar.set_postfix_str(p.message, refresh=False)
-            bar.refresh()
-    except KeyboardInterrupt:
-        job.close()
-        bar.close()
-        print(
-            f"interrupted: finished rows are kept in {args.output}; run the same command to "
-            "continue",
-            file=sys.stderr,
-        )
-        return 130
-    bar.close()
+
+    def update(bar: Any, p: Any) -> None:  # an ExperimentProgress
+        nonlocal stage
+        if (p.stage, p.row) != stage:
+            stage = (p.stage, p.row)
+            bar.set_description(f"{p.stage}{f' [{p.row}]' if p.row else ''}", refresh=False)
+            if p.stage == "evaluation" or p.stage == "done":
+                log.info("%s%s", f"{p.row}: " if p.row else "", p.message)
+        bar.set_postfix_str(p.message, refresh=False)
+        _advance(bar, round(100 * p.fraction, 1))
+
+    run_job(
+        job,
+        total=100,
+        desc="experiment",
+        unit="%",
+        update=update,
+        kept=f"finished rows are kept in {args.output}; run the same command to continue",
+    )
     res = json.loads((args.output / "results.json").read_text())
     print((args.output / "results.md").read_text())
     summary = {
@@ -570,7 +638,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="CPU threads per process (default: the free cores, shared among processes)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add_command in (
+        _info_parser,
+        _evaluate_parser,
+        _learn_parser,
+        _synthesize_parser,
+        _train_multiview_parser,
+        _demo_parser,
+        _finetune_parser,
+        _segment_parser,
+        _score_parser,
+        _experiment_parser,
+    ):
+        add_command(sub)
+    return parser
 
+
+def _info_parser(sub: Any) -> None:
     p = sub.add_parser(
         "info",
         help="describe what cellsynth reads from a file or folder",
@@ -588,6 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.set_defaults(func=cmd_info)
 
+
+def _evaluate_parser(sub: Any) -> None:
     p = sub.add_parser(
         "evaluate",
         help="score predicted labels against reference labels (SEG, AP, bPQ)",
@@ -616,6 +702,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _learn_parser(sub: Any) -> None:
     p = sub.add_parser(
         "learn",
         help="train a generator bundle (mask + texture models) on annotated images",
@@ -673,6 +761,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # tests only
     p.set_defaults(func=cmd_learn)
 
+
+def _synthesize_parser(sub: Any) -> None:
     def add_synthesis_args(p: argparse.ArgumentParser, n: int, size: list[int]) -> None:
         p.add_argument("-n", type=int, default=n, help=f"number of pairs (default {n})")
         p.add_argument(
@@ -760,6 +850,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_synthesis_args(p, 4, [256, 256])
     p.set_defaults(func=cmd_synthesize)
 
+
+def _train_multiview_parser(sub: Any) -> None:
     p = sub.add_parser(
         "train-multiview",
         help="train the 3D multiview shape model on the spherical-harmonic prior",
@@ -784,6 +876,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_train_multiview)
 
+
+def _demo_parser(sub: Any) -> None:
     p = sub.add_parser(
         "demo",
         help="synthesize a few pairs with the built-in bundle and a realism report",
@@ -804,6 +898,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)
 
+
+def _finetune_parser(sub: Any) -> None:
     p = sub.add_parser(
         "finetune",
         help="train a Cellpose model on real (+ synthetic) data",
@@ -849,6 +945,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_arg(p, for_model=False)
     p.set_defaults(func=cmd_finetune)
 
+
+def _segment_parser(sub: Any) -> None:
     p = sub.add_parser(
         "segment",
         help="segment images with a Cellpose model, write label TIFFs",
@@ -868,6 +966,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_segment)
 
+
+def _score_parser(sub: Any) -> None:
     p = sub.add_parser(
         "score",
         help="quality score of synthetic pairs: does a segmenter agree with the labels?",
@@ -881,6 +981,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_arg(p, for_model=True)
     p.set_defaults(func=cmd_score)
 
+
+def _experiment_parser(sub: Any) -> None:
     p = sub.add_parser(
         "experiment",
         help="does synthetic data help? train Cellpose on real / synthetic / both, score it",
@@ -914,7 +1016,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(cuda:0 cuda:1 ...); one process per row, logs in OUTPUT/logs/",
     )
     p.set_defaults(func=cmd_experiment)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -934,8 +1035,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         configure_threads(args.threads)
         return int(args.func(args) or 0)
-    except KeyboardInterrupt:
-        print(f"cellsynth {args.command}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # an Interrupted job says what it kept
+        if is_main_process():
+            kept = f": {exc}" if str(exc) else ""
+            print(f"cellsynth {args.command}: interrupted{kept}", file=sys.stderr)
         return 130
     except Exception as exc:
         if args.debug:

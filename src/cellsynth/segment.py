@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,7 @@ __all__ = [
     "check_image_size",
     "check_model_file",
     "evaluate_model",
+    "evaluating",
     "finetune",
     "finetune_outputs",
     "load_model",
@@ -55,6 +57,7 @@ __all__ = [
     "read_log",
     "record_quality",
     "score_dataset",
+    "scoring",
     "segment",
     "training_slices",
 ]
@@ -131,14 +134,13 @@ def anisotropy_of(voxel_size: Sequence[float] | None, ndim: int) -> float | None
     return float(voxel_size[0]) / float(voxel_size[1])
 
 
-def evaluate_model(
-    model: Any, pairs: Sequence[Pair], on_image: Callable[[int, int], None] | None = None
-) -> Evaluation:
-    """Segment each pair's image and score it against its labels (slice-wise when annotated)."""
+def evaluating(model: Any, pairs: Sequence[Pair]) -> Iterator[tuple[int, int, Evaluation]]:
+    """:func:`evaluate_model` one image at a time, for a progress bar: yields (images done,
+    images, the evaluation so far)."""
     from cellsynth.metrics import Evaluation, compare_frames
 
     ev = Evaluation()
-    for i, p in enumerate(pairs):
+    for i, p in enumerate(pairs, 1):
         image = p.image
         pred = segment(
             model,
@@ -147,9 +149,15 @@ def evaluate_model(
             path=p.image_path or p.name,
         )
         ev.frames.extend(compare_frames(p.name, p.labels, pred, p.annotated_slices))
-        if on_image is not None:
-            on_image(i + 1, len(pairs))
-    return ev
+        yield i, len(pairs), ev
+
+
+def evaluate_model(model: Any, pairs: Sequence[Pair]) -> Evaluation:
+    """Segment each pair's image and score it against its labels (slice-wise when annotated)."""
+    from cellsynth.metrics import Evaluation
+
+    last = deque(evaluating(model, pairs), maxlen=1)  # run it, keep the last record
+    return last[0][2] if last else Evaluation()
 
 
 # --------------------------------------------------------------------------- fine-tuning
@@ -187,26 +195,28 @@ def check_finetune_output(out: str | Path, backend: str | None = None) -> Path:
 # --------------------------------------------------------------------------- scoring
 
 
-def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-    """Segment each synthetic image and score agreement with its own labels (SEG and IoU)."""
+def scoring(model: Any, pairs: Sequence[Pair]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """:func:`score_dataset` one image at a time: yields (images done, images, the image's row)."""
     from cellsynth.metrics import seg_jaccards
 
-    rows = []
-    for p in pairs:
+    for i, p in enumerate(pairs, 1):
         pred = segment(model, p.image, path=p.image_path or p.name)
         j = seg_jaccards(p.labels, pred)
         fg_i = np.logical_and(p.labels > 0, pred > 0).sum()
         fg_u = np.logical_or(p.labels > 0, pred > 0).sum()
-        rows.append(
-            {
-                "name": p.name,
-                "SEG": float(j.mean()) if j.size else float("nan"),
-                "IoU": float(fg_i / fg_u) if fg_u else float("nan"),
-                "n_labels": int(j.size),
-                "n_predicted": count_cells(pred),
-            }
-        )
-    return rows
+        row = {
+            "name": p.name,
+            "SEG": float(j.mean()) if j.size else float("nan"),
+            "IoU": float(fg_i / fg_u) if fg_u else float("nan"),
+            "n_labels": int(j.size),
+            "n_predicted": count_cells(pred),
+        }
+        yield i, len(pairs), row
+
+
+def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
+    """Segment each synthetic image and score agreement with its own labels (SEG and IoU)."""
+    return [row for _, _, row in scoring(model, pairs)]
 
 
 def record_quality(
