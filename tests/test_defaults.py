@@ -30,10 +30,6 @@ SYNTHESIZE = ["synthesize", "-o", "out"]
 @pytest.mark.parametrize(
     ("argv", "dest", "cls", "name"),
     [
-        (LEARN, "minutes", LearnSettings, "minutes"),
-        (LEARN, "mask_steps", LearnSettings, "mask_steps"),
-        (LEARN, "texture_steps", LearnSettings, "texture_steps"),
-        (LEARN, "checkpoint_minutes", LearnSettings, "checkpoint_minutes"),
         (LEARN, "tile", LearnSettings, "tile"),
         (LEARN, "seed", LearnSettings, "seed"),
         (LEARN, "device", LearnSettings, "device"),
@@ -61,6 +57,31 @@ SYNTHESIZE = ["synthesize", "-o", "out"]
 def test_the_cli_defaults_are_the_settings_defaults(argv, dest, cls, name):
     args = build_parser().parse_args(argv)
     assert getattr(args, dest) == default(cls, name), f"cellsynth {argv[0]} --{dest}"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [f.name for f in dataclasses.fields(LearnSettings)],
+)
+def test_cellsynth_learn_trains_with_the_learn_defaults(name):
+    from cellsynth.cli import learn_settings
+
+    settings = learn_settings(build_parser().parse_args(LEARN))
+    assert getattr(settings, name) == default(LearnSettings, name)
+
+
+def test_learn_quality_preset_and_explicit_options():
+    from cellsynth.cli import learn_settings
+
+    q = learn_settings(build_parser().parse_args([*LEARN, "--quality"]))
+    assert q == LearnSettings.quality()
+    argv = [*LEARN, "--quality", "--texture-steps", "7", "--minutes", "0", "--init-from", "builtin"]
+    s = learn_settings(build_parser().parse_args(argv))
+    assert s.texture_steps == 7 and s.mask_steps == LearnSettings.quality().mask_steps
+    assert s.minutes is None
+    assert s.init_from.endswith("bundle_dsb2018")
+    s = learn_settings(build_parser().parse_args([*LEARN, "--minutes", "3", "--no-preview"]))
+    assert s.minutes == 3 and not s.preview and s.brightness_condition
 
 
 def test_the_cli_synthesizes_the_default_canvas():

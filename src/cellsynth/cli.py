@@ -233,9 +233,37 @@ def _collect(items: list[Any]) -> Callable[[Any, tuple[int, int, Any]], None]:
     return update
 
 
+def learn_settings(args: argparse.Namespace) -> Any:
+    """The ``LearnSettings`` of a ``learn`` command line: the defaults (or the ``--quality``
+    preset's), then every option given."""
+    from cellsynth.bundle import builtin_bundle_path
+    from cellsynth.settings import LearnSettings
+
+    settings = LearnSettings.quality() if args.quality else LearnSettings()
+    given = {
+        "minutes": args.minutes,
+        "mask_steps": args.mask_steps,
+        "texture_steps": args.texture_steps,
+        "checkpoint_minutes": args.checkpoint_minutes,
+        "lr_schedule": args.lr_schedule,
+    }
+    for name, value in given.items():
+        if value is not None:
+            setattr(settings, name, value)
+    if args.minutes is not None and args.minutes <= 0:
+        settings.minutes = None  # 0: until the step targets
+    settings.seed, settings.device, settings.tile = args.seed, args.device, args.tile
+    settings.brightness_condition = not args.no_brightness_condition
+    settings.preview = not args.no_preview
+    if args.init_from is not None:
+        builtin = str(args.init_from) == "builtin"
+        settings.init_from = str(builtin_bundle_path() if builtin else args.init_from)
+    return settings
+
+
 def cmd_learn(args: argparse.Namespace) -> int:
     from cellsynth.io import read_pairs
-    from cellsynth.learn import LearnSettings, learn
+    from cellsynth.learn import learn
     from cellsynth.outputs import check_writable
 
     check_writable(args.output)  # before any training, not after the whole budget
@@ -246,15 +274,7 @@ def cmd_learn(args: argparse.Namespace) -> int:
         check_3d_pairs(pairs)
     elif args.voxel_size is not None:
         raise CellsynthInputError("--voxel-size is for --3d (3D stacks)")
-    settings = LearnSettings(
-        minutes=args.minutes if args.minutes and args.minutes > 0 else None,
-        mask_steps=args.mask_steps,
-        texture_steps=args.texture_steps,
-        seed=args.seed,
-        device=args.device,
-        checkpoint_minutes=args.checkpoint_minutes,
-        tile=args.tile,
-    )
+    settings = learn_settings(args)
     if args.tiny:
         settings.use_tiny_models()
     if args.three_d:
@@ -621,8 +641,6 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cellsynth.segmenters import FinetuneSettings  # defaults (light: no torch)
-
     parser = argparse.ArgumentParser(
         prog="cellsynth",
         description="Learn cells from a few annotated microscopy images, synthesize annotated "
@@ -714,19 +732,64 @@ def _learn_parser(sub: Any) -> None:
     )
     p.add_argument("data", type=Path, nargs="+", help="annotated data: files or folders")
     p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
+    from cellsynth.settings import Learn3DSettings, LearnSettings
+
+    d, q, d3 = LearnSettings(), LearnSettings.quality(), Learn3DSettings()
     p.add_argument(
         "--minutes",
         type=float,
-        default=10.0,
-        help="time budget in minutes (default 10; 0 = until the step targets)",
+        default=None,
+        help=f"time budget in minutes (default {d.minutes:g}; 0 = until the step targets)",
     )
-    p.add_argument("--mask-steps", type=int, default=2000, help="mask model steps (max)")
-    p.add_argument("--texture-steps", type=int, default=4000, help="texture model steps (max)")
+    p.add_argument(
+        "--mask-steps",
+        type=int,
+        default=None,
+        help=f"mask model steps (max; default {d.mask_steps}, --quality {q.mask_steps})",
+    )
+    p.add_argument(
+        "--texture-steps",
+        type=int,
+        default=None,
+        help=f"texture model steps (max; default {d.texture_steps}, --quality {q.texture_steps})",
+    )
     p.add_argument(
         "--checkpoint-minutes",
         type=float,
-        default=2.0,
-        help="minutes between checkpoints (default 2)",
+        default=None,
+        help=f"minutes between checkpoints and previews (default {d.checkpoint_minutes:g}, "
+        f"--quality {q.checkpoint_minutes:g})",
+    )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="long run to a flat loss: no time budget, 10x the steps, checkpoints every "
+        f"{q.checkpoint_minutes:g} min (hours on a CPU; Ctrl-C and --resume at any time)",
+    )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="BUNDLE",
+        help="start from this bundle's models ('builtin': the built-in one) instead of "
+        "random weights; --mask-steps 0 keeps its mask model",
+    )
+    p.add_argument(
+        "--lr-schedule",
+        default=None,
+        choices=("constant_with_warmup", "cosine", "linear"),
+        help=f"learning-rate schedule (default {d.lr_schedule}; cosine decays to 0 at the "
+        "step targets, e.g. to finish a run started with --init-from)",
+    )
+    p.add_argument(
+        "--no-brightness-condition",
+        action="store_true",
+        help="texture model without the per-cell brightness channel (as before 0.6)",
+    )
+    p.add_argument(
+        "--no-preview",
+        action="store_true",
+        help="do not write BUNDLE/progress/step-N.png (samples + loss) at checkpoints",
     )
     p.add_argument(
         "--tile",
@@ -753,8 +816,9 @@ def _learn_parser(sub: Any) -> None:
     p.add_argument(
         "--multiview-steps",
         type=int,
-        default=600,
-        help="--3d: steps refining the multiview model on the fitted prior (default 600)",
+        default=d3.multiview_steps,
+        help="--3d: steps refining the multiview model on the fitted prior "
+        f"(default {d3.multiview_steps})",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
@@ -900,6 +964,8 @@ def _demo_parser(sub: Any) -> None:
 
 
 def _finetune_parser(sub: Any) -> None:
+    from cellsynth.segmenters import FinetuneSettings  # defaults (light: no torch)
+
     p = sub.add_parser(
         "finetune",
         help="train a Cellpose model on real (+ synthetic) data",
@@ -919,7 +985,10 @@ def _finetune_parser(sub: Any) -> None:
         help="probability that a training image is real (default 0.6)",
     )
     p.add_argument(
-        "--epochs", type=int, default=FinetuneSettings.epochs, help="epochs (default 100)"
+        "--epochs",
+        type=int,
+        default=FinetuneSettings.epochs,
+        help=f"epochs (default {FinetuneSettings.epochs})",
     )
     p.add_argument(
         "--images-per-epoch",
