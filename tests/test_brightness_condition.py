@@ -180,6 +180,18 @@ def test_learning_continues_from_a_bundle_without_retraining_the_masks(bundle, f
     assert cont.texture_cfg == src.texture_cfg  # the source's architecture
 
 
+def test_continuing_a_bundle_keeps_its_tile_and_the_batch_asked_for(bundle, folder, tmp_path):
+    """The tile is the source model's; the batch is not shrunk for a tile chosen from the
+    cells' size (which would happen with tile None)."""
+    settings = LearnSettings(**{**TINY, "mask_steps": 0, "texture_steps": 1})
+    settings.tile, settings.texture_batch, settings.init_from = None, 6, str(bundle)
+    for _ in learn(read_dataset(folder).pairs, tmp_path / "c", settings):
+        pass
+    meta = json.loads((tmp_path / "c" / "bundle.json").read_text())
+    assert meta["settings"]["tile"] == GeneratorBundle.read_meta(bundle).texture_cfg.sample_size
+    assert meta["settings"]["texture_batch"] == 6
+
+
 def test_quality_preset_trains_long_and_checkpoints_less_often():
     q = LearnSettings.quality()
     d = LearnSettings()

@@ -246,6 +246,7 @@ def learn_settings(args: argparse.Namespace) -> Any:
         "texture_steps": args.texture_steps,
         "checkpoint_minutes": args.checkpoint_minutes,
         "lr_schedule": args.lr_schedule,
+        "texture_batch": args.texture_batch,
     }
     for name, value in given.items():
         if value is not None:
@@ -796,6 +797,13 @@ def _learn_parser(sub: Any) -> None:
         type=int,
         default=None,
         help="texture training tile in px (default: about twice the cell diameter)",
+    )
+    p.add_argument(
+        "--texture-batch",
+        type=int,
+        default=None,
+        help=f"texture tiles per step (default {d.texture_batch} of 64 px, fewer for larger "
+        "tiles chosen from the cells' size)",
     )
     p.add_argument("--resume", action="store_true", help="continue training an existing bundle")
     p.add_argument(

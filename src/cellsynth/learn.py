@@ -175,14 +175,15 @@ def _learn(
     _, gen = seeded(settings.seed if rank == 0 else settings.seed + 1_000_003 * rank)
     torch.manual_seed(settings.seed)
     crops = torch.from_numpy(prepare_mask_crops(atlas.masks, settings.mask_size))
+    # a bundle to continue from fixes the texture tile (its model's); the batch stays as set
+    init = GeneratorBundle.load(settings.init_from) if settings.init_from else None
+    if init is not None:
+        settings.tile = init.texture_cfg.sample_size
     if settings.tile is None:
         settings.tile, settings.texture_batch = auto_tile(
             float(np.median(atlas.table["equivalent_diameter"])), settings.texture_batch
         )
         log.info("texture tiles of %s px, batch %s", settings.tile, settings.texture_batch)
-    init = GeneratorBundle.load(settings.init_from) if settings.init_from else None
-    if init is not None:
-        settings.tile = init.texture_cfg.sample_size
     tiles = TextureTiles(
         *_texture_slices(pairs),
         atlas.intensity,
