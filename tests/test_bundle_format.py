@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -30,15 +31,26 @@ def _edit(folder, fn):
     (folder / "bundle.json").write_text(json.dumps(meta))
 
 
-def test_the_shipped_bundle_of_format_1_loads_and_its_statistics_are_typed():
-    meta = json.loads((builtin_bundle_path() / "bundle.json").read_text())
+FORMAT_1 = Path(__file__).parent / "fixtures" / "bundle_dsb2018_v05"  # the former built-in
+
+
+def test_a_bundle_of_format_1_loads_and_its_statistics_are_typed():
+    meta = json.loads((FORMAT_1 / "bundle.json").read_text())
     assert meta["format"] == "cellsynth-bundle/1"  # written before this version
-    b = GeneratorBundle.load(None)
+    b = GeneratorBundle.load(FORMAT_1)
     cells = b.cells
     assert isinstance(cells, CellStats)
     assert cells.crop_size == 64 and cells.density > 0 and len(cells.scales) == len(b.scales)
     assert b.meta["parts"] == ["mask_model", "texture_model"]
     assert b.calibration_3d is None and b.multiview_path is None
+
+
+def test_the_shipped_bundle_is_brightness_conditioned():
+    b = GeneratorBundle.load(None)
+    assert b.meta["format"] == BUNDLE_FORMAT
+    assert b.texture_cfg.cond_channels == 4
+    assert len(b.brightness_frames) == 12  # one per built-in image
+    assert b.path == builtin_bundle_path()
 
 
 def test_a_saved_bundle_is_the_current_format_and_round_trips(copy):

@@ -1,5 +1,7 @@
 """Synthesis from the built-in bundle gives the same pairs for the same seeds as before the
-bundle/training refactor (fixture written by the code at commit bcdd13d).
+bundle/training refactor (fixture written by the code at commit bcdd13d). The bundle is the one
+that was built in then (tests/fixtures/bundle_dsb2018_v05; the built-in bundle has since been
+given the brightness condition).
 
 The layout and background statistics that the built-in bundle has recorded since (touching
 fraction, camera noise and illumination) are optional keys that change the pairs on purpose; they
@@ -16,12 +18,13 @@ import pytest
 from cellsynth.synthesize import SynthesisParams, Synthesizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "builtin_pairs_96.npz"
+BUNDLE = Path(__file__).parent / "fixtures" / "bundle_dsb2018_v05"
 
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_builtin_bundle_pairs_are_unchanged_for_the_same_seed(seed):
     ref = np.load(FIXTURE, allow_pickle=False)
-    synth = Synthesizer(None, device="cpu")
+    synth = Synthesizer(BUNDLE, device="cpu")
     synth.bundle.meta.pop("background", None)
     synth.bundle.meta["cells"].pop("touching_fraction", None)
     pair = synth.sample(SynthesisParams(size=(96, 96), cells=6, seed=seed))

@@ -294,7 +294,7 @@ def test_cell_brightness_is_drawn_from_the_training_cells():
 
 @pytest.fixture(scope="module")
 def posthoc_bundle(train_folder, tmp_path_factory):
-    """A bundle whose texture model takes no brightness condition (as before 0.6)."""
+    """A bundle whose texture model takes no brightness condition (like older bundles)."""
     out = tmp_path_factory.mktemp("bundles") / "posthoc"
     for _ in learn(read_dataset(train_folder).pairs, out, _settings(brightness_condition=False)):
         pass

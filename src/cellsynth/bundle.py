@@ -65,7 +65,7 @@ class CellStats:
     mean_intensities: list[float] | None = None
     density_3d: float | None = None  # cells per voxel (learn --3d)
     # per training frame (or slice): background level and its cells' mean brightness, raw
-    # units; what a brightness-conditioned texture model is told to paint (since 0.6)
+    # units; what a brightness-conditioned texture model is told to paint (bundles since December 2026)
     brightness_frames: list[dict[str, Any]] | None = None
 
     @classmethod
@@ -162,7 +162,7 @@ class GeneratorBundle:
 
     @property
     def brightness_frames(self) -> list[FrameBrightness]:
-        """The training frames' background and cell brightness (empty for bundles before 0.6)."""
+        """The training frames' background and cell brightness (empty for older bundles)."""
         frames = self.cells.brightness_frames or []
         return [FrameBrightness.from_dict(f) for f in frames]
 

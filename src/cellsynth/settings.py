@@ -34,7 +34,7 @@ class LearnSettings:
     device: str = "auto"
     mixed_precision: str = "no"  # bf16 or fp16: on CUDA only
     grad_accumulation: int = 1
-    # the texture model takes each cell's brightness as a condition (bundles since 0.6)
+    # the texture model takes each cell's brightness as a fourth condition channel
     brightness_condition: bool = True
     # continue from this bundle's models (its architecture; a new condition channel starts at 0)
     init_from: str | None = None

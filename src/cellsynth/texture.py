@@ -6,7 +6,7 @@ the noisy input; NuDiff adds a distance map):
 * foreground (1 inside cells, -1 outside),
 * cell boundaries (1 on the outermost pixels of each cell, so touching cells stay apart),
 * distance to the cell's boundary, normalised per cell to [0, 1] (the nucleus' "structure"),
-* (bundles learnt since 0.6) each cell's mean brightness, filled inside its mask, and the
+* (bundles learnt since December 2026) each cell's mean brightness, filled inside its mask, and the
   frame's background level outside, in the model's intensity units. A dim or a bright nucleus is
   then painted as the real ones are, texture included, rather than scaled after painting.
   Synthesis draws the values of one real frame (its background and its cells' brightness), so a
