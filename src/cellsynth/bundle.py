@@ -65,7 +65,7 @@ class CellStats:
     mean_intensities: list[float] | None = None
     density_3d: float | None = None  # cells per voxel (learn --3d)
     # per training frame (or slice): background level and its cells' mean brightness, raw
-    # units; what a brightness-conditioned texture model is told to paint (bundles since December 2026)
+    # units; what a brightness-conditioned texture model is told to paint (newer bundles)
     brightness_frames: list[dict[str, Any]] | None = None
 
     @classmethod

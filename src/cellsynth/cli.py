@@ -785,7 +785,7 @@ def _learn_parser(sub: Any) -> None:
     p.add_argument(
         "--no-brightness-condition",
         action="store_true",
-        help="texture model without the per-cell brightness channel (as bundles learnt before December 2026)",
+        help="texture model without the per-cell brightness channel (like older bundles)",
     )
     p.add_argument(
         "--no-preview",

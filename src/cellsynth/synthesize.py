@@ -166,7 +166,7 @@ class Synthesizer:
         self, labels: np.ndarray, params: SynthesisParams, gen: torch.Generator, **kw: Any
     ) -> tuple[np.ndarray, str]:
         """The texture model's image of ``labels`` with the cells' brightness: as a condition
-        of the model (4-channel texture models), else drawn after painting (``--brightness data``)."""
+        of the model (4-channel texture models), else drawn after painting (--brightness data)."""
         b = self.bundle
         drawn = self.drawn_brightness(labels, params)
         image = paint(
