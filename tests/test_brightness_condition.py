@@ -69,6 +69,14 @@ def test_frame_brightness_measures_background_and_each_cell():
     assert cells[1] == pytest.approx(200, abs=3) and cells[2] == pytest.approx(1000, abs=3)
     frame = frame_brightness(img, lab)
     assert sorted(round(v, -1) for v in frame.cells) == [200, 1000]
+    # its own camera noise relative to its cells' contrast: what a frame drawn with this
+    # exposure is given
+    assert frame.noise == pytest.approx(5 / 500, rel=0.5)
+    assert FrameBrightness.from_dict(frame.to_dict()) == frame
+    assert frame.background_target() == {
+        "background_noise": frame.noise,
+        "illumination": frame.illumination,
+    }
 
 
 def test_draw_brightness_keeps_one_frame_per_canvas():
@@ -107,6 +115,7 @@ def test_learnt_bundle_is_brightness_conditioned_and_records_its_frames(bundle):
     assert b.texture_cfg.cond_channels == 4
     frames = b.brightness_frames
     assert len(frames) == 2 and all(len(f.cells) == 6 for f in frames)
+    assert all(f.noise is not None and f.illumination is not None for f in frames)
     pair = Synthesizer(b, device="cpu").sample(SynthesisParams(size=(48, 48), cells=3, seed=2))
     assert pair.params["brightness"] == "condition"
     progress = bundle / "progress"

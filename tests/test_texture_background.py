@@ -58,3 +58,20 @@ def test_brightness_spread_keeps_one_frame_from_mixing_exposures():
     )
     assert _cv_of_cells(mixed, lab, 100.0) > 0.5
     assert 0.05 < _cv_of_cells(one, lab, 100.0) < 0.2
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_illumination_varies_around_the_painted_level_without_shifting_it(seed):
+    """Large cells on a small canvas: the illumination field (sigma twice a diameter) is nearly
+    flat; it once kept its mean when scaled to unit spread, which shifted a whole dark uint8
+    frame by up to 23 grey levels and clipped its background to 0."""
+    yy, xx = np.mgrid[:128, :128]
+    lab = np.zeros((128, 128), np.uint16)
+    for i, (cy, cx) in enumerate([(30, 30), (90, 40), (50, 95)], start=1):
+        lab[(yy - cy) ** 2 + (xx - cx) ** 2 <= 22**2] = i
+    img = np.where(lab > 0, 22, 6).astype(np.uint8)
+    target = {"background_noise": 0.03, "illumination": 0.03}
+    out = match_background(img, lab, target, np.random.default_rng(seed))
+    for i in range(1, 4):
+        assert abs(float(out[lab == i].mean()) - 22) < 1.5
+    assert abs(float(np.median(out[lab == 0])) - 6) <= 1

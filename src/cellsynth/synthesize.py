@@ -30,8 +30,9 @@ from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
 from cellsynth.population import Population, cells_for_canvas, place_cells, touch_prob
 from cellsynth.texture import (
+    FrameBrightness,
     brightness_conditioned,
-    draw_brightness,
+    draw_frame_brightness,
     match_background,
     match_cell_brightness,
     paint,
@@ -154,17 +155,18 @@ class Synthesizer:
 
     def drawn_brightness(
         self, labels: np.ndarray, params: SynthesisParams
-    ) -> tuple[np.ndarray, float] | None:
-        """For a brightness-conditioned texture model: the brightness of each cell and the
-        background level, drawn from one training frame (``None`` for older bundles)."""
+    ) -> tuple[np.ndarray, float, FrameBrightness] | None:
+        """For a brightness-conditioned texture model: the brightness of each cell, the
+        background level and the training frame they are drawn from (``None`` for older
+        bundles)."""
         if not brightness_conditioned(self.bundle.texture_cfg):
             return None
         rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(3)[2])
-        return draw_brightness(labels, self.bundle.brightness_frames, rng)
+        return draw_frame_brightness(labels, self.bundle.brightness_frames, rng)
 
     def painted(
         self, labels: np.ndarray, params: SynthesisParams, gen: torch.Generator, **kw: Any
-    ) -> tuple[np.ndarray, str]:
+    ) -> tuple[np.ndarray, str, FrameBrightness | None]:
         """The texture model's image of ``labels`` with the cells' brightness: as a condition
         of the model (4-channel texture models), else drawn after painting (--brightness data)."""
         b = self.bundle
@@ -178,19 +180,25 @@ class Synthesizer:
             steps=params.steps or b.texture_cfg.sampling_steps,
             generator=gen,
             device=self.device,
-            brightness=drawn,
+            brightness=None if drawn is None else drawn[:2],
             **kw,
         )
         if drawn is not None:
-            return image, "condition"
-        return self.brightness(image, labels, params)
+            return image, "condition", drawn[2]
+        return (*self.brightness(image, labels, params), None)
 
     def background(
-        self, image: np.ndarray, labels: np.ndarray, params: SynthesisParams
+        self,
+        image: np.ndarray,
+        labels: np.ndarray,
+        params: SynthesisParams,
+        frame: FrameBrightness | None = None,
     ) -> np.ndarray:
         """Camera noise and uneven illumination of the training images (``brightness ==
-        "data"``, bundles that record them in their optional ``background`` key)."""
-        target = self.bundle.meta.get("background")
+        "data"``): the drawn training ``frame``'s own, else the bundle's medians (its optional
+        ``background`` key)."""
+        own = frame.background_target() if frame is not None else None
+        target = own or self.bundle.meta.get("background")
         if params.brightness != "data" or not target:
             return image
         rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(2)[1])
@@ -299,8 +307,8 @@ class Synthesizer:
         pop = self.population(params, rng, gen)
         n = pop.requested
         t1 = t2 = time.perf_counter()
-        image, brightness = self.painted(pop.labels, params, gen)
-        image = self.background(image, pop.labels, params)
+        image, brightness, frame = self.painted(pop.labels, params, gen)
+        image = self.background(image, pop.labels, params, frame)
         t3 = time.perf_counter()
         log.debug("masks and population %.2fs, texture %.2fs", t1 - t0, t3 - t2)
         info = asdict(params)
@@ -414,7 +422,7 @@ class Synthesizer:
         )
         t3 = time.perf_counter()
         rho = self.rho(params)
-        image, brightness = self.painted(pop.labels, params, gen, rho=rho)
+        image, brightness, _ = self.painted(pop.labels, params, gen, rho=rho)
         t4 = time.perf_counter()
         info = asdict(params)
         info.update(

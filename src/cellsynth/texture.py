@@ -57,17 +57,40 @@ def brightness_conditioned(cfg: DiffusionConfig) -> bool:
 @dataclass
 class FrameBrightness:
     """One real frame's (or slice's) background level and its cells' mean brightness (raw
-    intensity units): what a brightness-conditioned texture model is told to paint."""
+    intensity units): what a brightness-conditioned texture model is told to paint; and the
+    frame's own camera noise and uneven illumination relative to its cells' contrast
+    (:func:`cellsynth.metrics.background_stats`), which a synthetic frame drawn with this
+    frame's exposure is given (a dim frame's noise is a larger part of its contrast)."""
 
     background: float
     cells: list[float]
+    noise: float | None = None
+    illumination: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"background": self.background, "cells": self.cells}
+        d: dict[str, Any] = {"background": self.background, "cells": self.cells}
+        if self.noise is not None:
+            d.update(noise=self.noise, illumination=self.illumination)
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrameBrightness:
-        return cls(float(d["background"]), [float(v) for v in d["cells"]])
+        def num(key: str) -> float | None:
+            v = d.get(key)
+            return float(v) if isinstance(v, int | float) and np.isfinite(v) else None
+
+        return cls(
+            float(d["background"]),
+            [float(v) for v in d["cells"]],
+            num("noise"),
+            num("illumination"),
+        )
+
+    def background_target(self) -> dict[str, float] | None:
+        """This frame's noise and illumination, as ``match_background`` takes them."""
+        if self.noise is None or self.illumination is None:
+            return None
+        return {"background_noise": self.noise, "illumination": self.illumination}
 
 
 def measure_brightness(image: np.ndarray, labels: np.ndarray) -> tuple[float, dict[int, float]]:
@@ -86,14 +109,27 @@ def measure_brightness(image: np.ndarray, labels: np.ndarray) -> tuple[float, di
 
 
 def frame_brightness(image: np.ndarray, labels: np.ndarray) -> FrameBrightness:
+    from cellsynth.metrics import background_stats
+
     background, cells = measure_brightness(image, labels)
-    return FrameBrightness(round(background, 4), [round(v, 4) for v in cells.values()])
+    stats = background_stats(image, labels)
+
+    def rounded(v: float) -> float | None:
+        return round(float(v), 5) if np.isfinite(v) else None
+
+    return FrameBrightness(
+        round(background, 4),
+        [round(v, 4) for v in cells.values()],
+        rounded(stats["background_noise"]),
+        rounded(stats["illumination"]),
+    )
 
 
-def draw_brightness(
+def draw_frame_brightness(
     labels: np.ndarray, frames: Sequence[FrameBrightness], rng: np.random.Generator
-) -> tuple[np.ndarray, float]:
-    """A lookup table label -> mean brightness and a background level for a synthetic frame.
+) -> tuple[np.ndarray, float, FrameBrightness]:
+    """A lookup table label -> mean brightness, a background level, and the real frame they
+    come from, for a synthetic frame.
 
     One real frame is drawn (its exposure), then each cell's brightness from that frame's
     cells, so the frame keeps the real frames' cell-to-cell spread."""
@@ -104,7 +140,15 @@ def draw_brightness(
     frame = usable[int(rng.integers(len(usable)))]
     lut[1:] = rng.choice(np.asarray(frame.cells), size=lut.size - 1, replace=True)
     lut[0] = frame.background
-    return lut, frame.background
+    return lut, frame.background, frame
+
+
+def draw_brightness(
+    labels: np.ndarray, frames: Sequence[FrameBrightness], rng: np.random.Generator
+) -> tuple[np.ndarray, float]:
+    """:func:`draw_frame_brightness` without the frame: what :func:`paint` takes."""
+    lut, background, _ = draw_frame_brightness(labels, frames, rng)
+    return lut, background
 
 
 def _brightness_channel(
@@ -379,10 +423,14 @@ def match_background(
     if not noise_in_cells:
         white *= ndimage.gaussian_filter((lab == 0).astype(np.float64), 1.0)
     field = ndimage.gaussian_filter(rng.normal(size=img.shape), 2 * diam, mode="wrap")
-    field /= 1.4826 * np.median(np.abs(field - np.median(field))) + 1e-12
+    field -= np.median(field)  # a variation around the painted level, not an offset: on a
+    # canvas a few diameters wide the filtered field is nearly flat, and scaling it to unit
+    # spread would blow its mean up into a uniform shift of the whole image
+    field /= 1.4826 * np.median(np.abs(field)) + 1e-12
     keys = ("background_noise", "illumination")
     amp = {k: _missing(target.get(k), have[k]) * c for k in keys}
     out = image
+    first = dict(amp)
     for _ in range(3):  # the measure sees the added noise through its filters and the rounding
         out = to_dtype(img + amp[keys[0]] * white + amp[keys[1]] * field, np.asarray(image).dtype)
         got = background_stats(out, lab)
@@ -390,7 +438,9 @@ def match_background(
             extra = _missing(got[k], have[k])
             want = _missing(target.get(k), have[k])
             if amp[k] > 0 and extra > 0:
-                amp[k] *= want / extra
+                # bounded: on a dark background the dtype's floor clips the field, and the
+                # measure would ask for ever more of it
+                amp[k] = min(amp[k] * float(np.clip(want / extra, 0.5, 2.0)), 2.0 * first[k])
     return out
 
 
