@@ -119,7 +119,7 @@ def synthesize_3d() -> None:
     viewer.close()
 
 
-def finetune(epochs: int = 60) -> None:
+def finetune(epochs: int = 30) -> None:
     from cellsynth.samples import sample_dataset_path
 
     viewer = _viewer()
@@ -152,7 +152,7 @@ STEPS = {
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=list(STEPS), nargs="*")
-    ap.add_argument("--finetune-epochs", type=int, default=60, help="epochs of the Fine-tune shot")
+    ap.add_argument("--finetune-epochs", type=int, default=30, help="epochs of the Fine-tune shot")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.only or STEPS:

@@ -81,6 +81,16 @@ def _learn_from_layers(viewer, tmp_path, configure):
     return w, synth
 
 
+def _learn_from_a_folder(viewer, tmp_path, configure):
+    """Learn started on a data folder, opened from the menu."""
+    w = open_widget(viewer, "Learn")
+    w.folder.value = _dataset(tmp_path / "d")
+    w.output.value = tmp_path / "bundle"
+    w._configure = configure
+    w.start_btn.clicked.emit()
+    return w
+
+
 def test_learn_trains_from_layers_with_progress_and_hands_the_bundle_on(
     make_napari_viewer_proxy, qtbot, tmp_path, notifications
 ):
@@ -126,12 +136,7 @@ def test_learn_that_trains_no_step_says_so_and_hands_nothing_on(
 def test_learn_resume_that_trains_no_step_says_so(
     make_napari_viewer_proxy, qtbot, tmp_path, notifications
 ):
-    viewer = make_napari_viewer_proxy()
-    w = open_widget(viewer, "Learn")
-    w.folder.value = _dataset(tmp_path / "d")
-    w.output.value = tmp_path / "bundle"
-    w._configure = tiny(6)
-    w.start_btn.clicked.emit()
+    w = _learn_from_a_folder(make_napari_viewer_proxy(), tmp_path, tiny(6))
     _wait(qtbot, lambda: w.job)
     assert w.steps_trained == 12
     w._configure = tiny(100, minutes=1e-6)
@@ -199,11 +204,7 @@ def test_learn_3d_stacks_runs_the_3d_fits_in_the_subprocess(
 
 def test_closing_napari_stops_a_running_learn(make_napari_viewer_proxy, qtbot, tmp_path):
     viewer = make_napari_viewer_proxy()
-    w = open_widget(viewer, "Learn")
-    w.folder.value = _dataset(tmp_path / "d")
-    w.output.value = tmp_path / "bundle"
-    w._configure = tiny(100_000)
-    w.start_btn.clicked.emit()
+    w = _learn_from_a_folder(viewer, tmp_path, tiny(100_000))
     child = w.subprocess.process
     assert child.running
     viewer.close()
