@@ -119,7 +119,7 @@ def synthesize_3d() -> None:
     viewer.close()
 
 
-def finetune() -> None:
+def finetune(epochs: int = 30) -> None:
     from cellsynth.samples import sample_dataset_path
 
     viewer = _viewer()
@@ -128,7 +128,7 @@ def finetune() -> None:
     w.image_pick.value, w.labels_pick.value = viewer.layers[0], viewer.layers[1]
     w.real_folder.value = sample_dataset_path()
     w.validation.value = sample_dataset_path()
-    w.epochs.value = 60
+    w.epochs.value = epochs
     w.output.value = Path(tempfile.mkdtemp()) / "cellpose_model"
     w.start_btn.clicked.emit()
     _wait(w.job)
@@ -152,10 +152,14 @@ STEPS = {
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=list(STEPS), nargs="*")
+    ap.add_argument("--finetune-epochs", type=int, default=30, help="epochs of the Fine-tune shot")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.only or STEPS:
-        STEPS[name]()
+        if name == "finetune":
+            finetune(args.finetune_epochs)
+        else:
+            STEPS[name]()
     return 0
 
 

@@ -81,6 +81,16 @@ def _learn_from_layers(viewer, tmp_path, configure):
     return w, synth
 
 
+def _learn_from_a_folder(viewer, tmp_path, configure):
+    """Learn started on a data folder, opened from the menu."""
+    w = open_widget(viewer, "Learn")
+    w.folder.value = _dataset(tmp_path / "d")
+    w.output.value = tmp_path / "bundle"
+    w._configure = configure
+    w.start_btn.clicked.emit()
+    return w
+
+
 def test_learn_trains_from_layers_with_progress_and_hands_the_bundle_on(
     make_napari_viewer_proxy, qtbot, tmp_path, notifications
 ):
@@ -126,12 +136,7 @@ def test_learn_that_trains_no_step_says_so_and_hands_nothing_on(
 def test_learn_resume_that_trains_no_step_says_so(
     make_napari_viewer_proxy, qtbot, tmp_path, notifications
 ):
-    viewer = make_napari_viewer_proxy()
-    w = open_widget(viewer, "Learn")
-    w.folder.value = _dataset(tmp_path / "d")
-    w.output.value = tmp_path / "bundle"
-    w._configure = tiny(6)
-    w.start_btn.clicked.emit()
+    w = _learn_from_a_folder(make_napari_viewer_proxy(), tmp_path, tiny(6))
     _wait(qtbot, lambda: w.job)
     assert w.steps_trained == 12
     w._configure = tiny(100, minutes=1e-6)
@@ -141,22 +146,95 @@ def test_learn_resume_that_trains_no_step_says_so(
     assert w.status.value.startswith("no training step ran")
 
 
-def test_learn_cancel_keeps_a_checkpoint(make_napari_viewer_proxy, qtbot, tmp_path):
+def test_learn_trains_in_a_subprocess_whose_cancel_leaves_a_resumable_checkpoint(
+    make_napari_viewer_proxy, qtbot, tmp_path, notifications
+):
+    import os
+
     from cellsynth.bundle import GeneratorBundle
 
     viewer = make_napari_viewer_proxy()
+    img, lab = _pair_layers(viewer, tmp_path)
     w = open_widget(viewer, "Learn")
-    w.folder.value = _dataset(tmp_path / "d")
+    w.image_pick.value, w.labels_pick.value = img, lab
     w.output.value = tmp_path / "bundle"
     w._configure = tiny(100_000)
     w.start_btn.clicked.emit()
-    qtbot.waitUntil(lambda: len(w.plot.series.get("mask", [])) >= 3, timeout=60_000)
+    child = w.subprocess.process
+    assert child.proc.pid != os.getpid()  # not in napari's process
+    copy = w._tmp  # the layers, written for the subprocess
+    assert copy is not None and copy.exists()
+    qtbot.waitUntil(lambda: len(w.plot.series.get("mask", [])) >= 3, timeout=120_000)
     w.cancel_btn.clicked.emit()
     _wait(qtbot, lambda: w.job)
-    b = GeneratorBundle.load(tmp_path / "bundle")
-    assert b.meta["training"]["mask_model"]["steps"] >= 3
+    assert w.subprocess.result.kind == "cancelled" and not child.running
+    assert not copy.exists()  # removed when the job ended
+    steps = GeneratorBundle.load(tmp_path / "bundle").meta["training"]["mask_model"]["steps"]
+    assert steps >= 3
     assert w.start_btn.enabled
     assert w.status.value.startswith("cancelled; the last checkpoint")
+    assert str(tmp_path / "bundle") in w.status.value
+    # ... and Resume continues from that checkpoint
+    w._configure = tiny(steps + 2)
+    w.resume_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job)
+    assert w.status.value.startswith("done"), w.status.value
+    resumed = GeneratorBundle.load(tmp_path / "bundle").meta["training"]["mask_model"]["steps"]
+    assert resumed == steps + 2 and w.steps_trained >= 2
+    assert notifications.errors == []
+
+
+def test_learn_3d_stacks_runs_the_3d_fits_in_the_subprocess(
+    make_napari_viewer_proxy, qtbot, tmp_path, ctc_folder, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Learn")
+    w.folder.value = ctc_folder / "02"  # stacks with one annotated slice each
+    w.output.value = tmp_path / "bundle3d"
+    w.three_d.value = True
+    w._configure = tiny(3)
+    w._configure_3d = lambda s: setattr(s, "multiview_steps", 1)
+    w.start_btn.clicked.emit()
+    _wait(qtbot, lambda: w.job)
+    assert w.status.value.startswith("done"), w.status.value
+    meta = json.loads((tmp_path / "bundle3d" / "bundle.json").read_text())
+    assert "shape_prior" in meta and meta["settings_3d"]["multiview_steps"] == 1
+    assert notifications.errors == []
+
+
+def test_closing_napari_stops_a_running_learn(make_napari_viewer_proxy, qtbot, tmp_path):
+    viewer = make_napari_viewer_proxy()
+    w = _learn_from_a_folder(viewer, tmp_path, tiny(100_000))
+    child = w.subprocess.process
+    assert child.running
+    viewer.close()
+    qtbot.waitUntil(lambda: not child.running, timeout=120_000)
+
+
+def test_widget_defaults_are_the_core_settings_defaults(make_napari_viewer_proxy):
+    from cellsynth.learn import LearnSettings
+    from cellsynth.segmenters import FinetuneSettings
+    from cellsynth.synthesize import SynthesisParams
+
+    viewer = make_napari_viewer_proxy()
+    learn, tune = open_widget(viewer, "Learn"), open_widget(viewer, "Fine-tune")
+    synth = open_widget(viewer, "Synthesize")
+    assert learn.minutes.value == LearnSettings().minutes
+    assert tune.epochs.value == FinetuneSettings().epochs
+    assert tune.p_real.value == FinetuneSettings().p_real
+    assert synth.params() == SynthesisParams()  # texture steps 0 = the bundle's (None)
+
+
+def test_layer_pickers_list_the_layers_of_their_napari_class(make_napari_viewer_proxy):
+    viewer = make_napari_viewer_proxy()
+    w = open_widget(viewer, "Learn")
+    img = viewer.add_image(np.zeros((8, 8)), name="an image")
+    lab = viewer.add_labels(np.zeros((8, 8), np.uint16), name="some labels")
+    viewer.add_points(np.zeros((1, 2)), name="points")
+    assert [c for c in w.image_pick.choices if c is not None] == [img]
+    assert [c for c in w.labels_pick.choices if c is not None] == [lab]
+    viewer.layers.remove(lab)
+    assert [c for c in w.labels_pick.choices if c is not None] == []
 
 
 def test_picking_an_image_layer_picks_its_labels_by_their_link(make_napari_viewer_proxy):
@@ -255,6 +333,24 @@ def test_synthesize_adds_linked_pairs_side_by_side_and_writes_a_folder(
     meta = json.loads((tmp_path / "synth" / "dataset.json").read_text())
     assert sorted(r["seed"] for r in meta["samples"].values()) == [7, 8]
     assert notifications.errors == []
+
+
+def test_synthesize_draws_what_the_core_synthesize_draws_and_leaves_no_temporary_folder(
+    make_napari_viewer_proxy, qtbot, tmp_path
+):
+    from cellsynth.synthesize import synthesize
+
+    before = set(glob.glob(str(Path(tempfile.gettempdir()) / "cellsynth-synth-*")))
+    viewer = make_napari_viewer_proxy()
+    w = _synth(viewer, qtbot, seed=11)
+    img, lab = viewer.layers
+    assert img.metadata["cellsynth"]["dataset_name"] is None  # nothing kept on disk
+    after = set(glob.glob(str(Path(tempfile.gettempdir()) / "cellsynth-synth-*")))
+    assert after <= before
+    for _ in synthesize(tmp_path / "cli", 1, w.params(), device="cpu"):
+        pass
+    assert np.array_equal(tifffile.imread(tmp_path / "cli" / "images" / "synth_0011.tif"), img.data)
+    assert np.array_equal(tifffile.imread(tmp_path / "cli" / "labels" / "synth_0011.tif"), lab.data)
 
 
 def test_synthesize_refuses_a_real_data_set_as_its_folder(

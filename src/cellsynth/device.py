@@ -38,7 +38,7 @@ def select_device(name: str | Any = "auto") -> Any:
         raise CellsynthInputError(f"unknown device {name!r} (use auto, cpu, cuda or mps)") from exc
 
 
-def seeded(seed: int | None, device: Any = "cpu") -> tuple[np.random.Generator, Any]:
+def seeded(seed: int | None) -> tuple[np.random.Generator, Any]:
     """A numpy generator and a torch generator derived from one seed (None = fresh entropy)."""
     import torch
 

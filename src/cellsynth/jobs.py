@@ -27,8 +27,6 @@ from cellsynth.errors import CellsynthInputError
 
 log = logging.getLogger(__name__)
 
-JOB_KINDS = ("learn", "finetune")
-
 
 @dataclass
 class JobMessage:
@@ -36,13 +34,25 @@ class JobMessage:
     data: Any = None
 
 
+def _settings(cls: type, values: dict[str, Any] | None) -> Any:
+    """A settings dataclass from its JSON form (JSON lists back to the tuples the fields hold)."""
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in (values or {}).items()})
+
+
 def _run_learn(spec: dict[str, Any]) -> Iterator[Any]:
+    """``learn`` (2D), or ``learn_3d`` when the spec has ``settings_3d``."""
     from cellsynth.io import read_pairs
     from cellsynth.learn import LearnSettings, learn
 
     pairs = read_pairs(spec["data"], require_labels=True)
-    settings = LearnSettings(**spec.get("settings", {}))
-    return learn(pairs, spec["output"], settings, resume=spec.get("resume", False))
+    settings = _settings(LearnSettings, spec.get("settings"))
+    resume = bool(spec.get("resume", False))
+    if spec.get("settings_3d") is not None:
+        from cellsynth.learn3d import Learn3DSettings, learn_3d
+
+        s3 = _settings(Learn3DSettings, spec["settings_3d"])
+        return learn_3d(pairs, spec["output"], settings, s3, resume=resume)
+    return learn(pairs, spec["output"], settings, resume=resume)
 
 
 def _run_finetune(spec: dict[str, Any]) -> Iterator[Any]:
@@ -54,7 +64,7 @@ def _run_finetune(spec: dict[str, Any]) -> Iterator[Any]:
     backend = get_backend(spec.get("backend"), spec.get("backend_module")).name
     real = read_pairs(spec.get("real", []), require_labels=True)
     synthetic = read_pairs(spec.get("synthetic", []), require_labels=True)
-    settings = FinetuneSettings(**spec.get("settings", {}))
+    settings = _settings(FinetuneSettings, spec.get("settings"))
     return finetune(real, synthetic, spec["output"], settings, backend)
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit
+from magicgui.widgets import ComboBox, Container, FileEdit, create_widget
 
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair
@@ -136,29 +136,25 @@ def linked_pairs(viewer: Any, synthetic_only: bool = False) -> list[tuple[Any, A
 
 
 def layers_of(viewer: Any, kind: str) -> list:
-    return [layer for layer in viewer.layers if type(layer).__name__ == kind]
+    """The viewer's layers of one napari layer class (``"Image"``, ``"Labels"`` …)."""
+    import napari.layers
+
+    cls = getattr(napari.layers, kind)
+    return [layer for layer in viewer.layers if isinstance(layer, cls)]
 
 
-class LayerPicker(ComboBox):
-    """A combo box of the viewer's Image or Labels layers that follows the layer list."""
+def layer_picker(kind: str, label: str) -> ComboBox:
+    """A combo box of the viewer's ``napari.layers.<kind>`` layers (magicgui's napari layer
+    annotation: it lists the layers of the viewer it is docked in, and napari refreshes it when
+    layers are added, removed, renamed or reordered). Empty (``None``) allowed."""
+    import napari.layers
 
-    def __init__(self, viewer: Any, kind: str, label: str, nullable: bool = True) -> None:
-        self._viewer, self._kind = viewer, kind
-        super().__init__(label=label, choices=self._choices, nullable=nullable)
-        viewer.layers.events.inserted.connect(self._refresh)
-        viewer.layers.events.removed.connect(self._refresh)
-
-    def _choices(self, _widget: Any = None) -> list:
-        return layers_of(self._viewer, self._kind)
-
-    def _refresh(self, _event: Any = None) -> None:
-        try:
-            self.reset_choices()
-        except RuntimeError:  # the Qt widget is gone (viewer closing)
-            pass
+    return create_widget(
+        annotation=getattr(napari.layers, kind), label=label, options={"nullable": True}
+    )
 
 
-def follow_link(image_pick: LayerPicker, labels_pick: LayerPicker) -> None:
+def follow_link(image_pick: ComboBox, labels_pick: ComboBox) -> None:
     """Picking an Image layer also picks its linked Labels layer (reader, sample, Synthesize)."""
 
     def pick(image: Any) -> None:
@@ -284,6 +280,53 @@ class LossPlot(Container):
 
     def redraw(self) -> None:
         self._draw()
+
+
+def layers_folder(pairs: list[Pair], prefix: str) -> Path:
+    """Layer data written to a new temporary dataset folder, for a subprocess job to read.
+
+    Returns the folder that holds the copy; the caller removes it (``shutil.rmtree``) when the
+    job has ended.
+    """
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix=prefix))
+    write_pairs_folder(pairs, tmp / "data")
+    return tmp
+
+
+class SubprocessWatch:
+    """A :mod:`cellsynth.jobs` subprocess, its messages delivered in the GUI thread.
+
+    ``job`` (a :class:`GeneratorJob`) reads the child's JSON lines in a napari thread worker and
+    hands each :class:`cellsynth.jobs.JobMessage` to ``message``; ``finished`` runs when the child
+    has ended (done, cancelled or failed: see ``result``). Closing ``widget`` (napari deletes the
+    docks when it closes) cancels the child, which then saves its last checkpoint.
+    """
+
+    def __init__(
+        self, widget: Any, kind: str, spec: dict[str, Any], *, message: Any, finished: Any
+    ) -> None:
+        from cellsynth.jobs import SubprocessJob
+
+        self.process = SubprocessJob(kind, spec).start()
+        process = self.process
+        widget.native.destroyed.connect(lambda *_: process.running and process.cancel())
+        self.job = GeneratorJob(process.messages(), yielded=message, finished=finished).start()
+
+    @property
+    def result(self) -> Any:
+        """The child's last message (done, cancelled or error); ``None`` while it runs."""
+        return self.process.result
+
+    @property
+    def running(self) -> bool:
+        return self.process.running
+
+    def cancel(self) -> None:
+        """Ask the child to stop (it keeps its last checkpoint)."""
+        if self.process.running:
+            self.process.cancel()
 
 
 class GeneratorJob:

@@ -5,11 +5,13 @@ Pairs come from a synthetic dataset folder (sorted by the quality score that
 corrections are made with napari's own Labels tools on the "curate … labels" layer; *Accept*
 writes the image and the corrected labels to the curated dataset folder (a new file, never over
 the originals), *Reject* records the rejection there. Keyboard: A accept, R reject, N next.
+
+The queue, the decisions and the writing are :class:`cellsynth.curation.Curation`'s; this widget
+shows its current pair as layers and hands it the edited labels.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,20 +31,11 @@ from cellsynth._widgets._common import (
     register,
     wrap_label,
 )
+from cellsynth.curation import Candidate, Curation
 from cellsynth.errors import CellsynthInputError
 
 if TYPE_CHECKING:
     import napari.viewer
-
-
-@dataclass
-class Candidate:
-    name: str
-    image: Any  # array or callable
-    labels: Any
-    score: float | None
-    source: str
-    record: dict
 
 
 class CurateWidget(Container):
@@ -87,10 +80,7 @@ class CurateWidget(Container):
         self.reject_btn.changed.connect(self.reject)
         self.next_btn.changed.connect(self.next)
         self.pseudo_btn.changed.connect(self.show_pseudo_labels)
-        self.candidates: list[Candidate] = []
-        self.position = -1
-        self.accepted = 0
-        self.rejected = 0
+        self.curation: Curation | None = None
         self.image_layer = None
         self.labels_layer = None
         self.job: GeneratorJob | None = None
@@ -98,37 +88,35 @@ class CurateWidget(Container):
         for key, fn in (("a", self.accept), ("r", self.reject), ("n", self.next)):
             viewer.bind_key(key, lambda _v, f=fn: f(), overwrite=True)
 
-    # ------------------------------------------------------------------ loading
+    # ------------------------------------------------------------------ the queue
+
+    @property
+    def candidates(self) -> list[Candidate]:
+        return self.curation.queue if self.curation is not None else []
+
+    @property
+    def current(self) -> Candidate | None:
+        return self.curation.current if self.curation is not None else None
+
+    @property
+    def accepted(self) -> int:
+        return len(self.curation.accepted) if self.curation is not None else 0
+
+    @property
+    def rejected(self) -> int:
+        return len(self.curation.rejected) if self.curation is not None else 0
 
     def load(self) -> None:
         try:
             folder = path_or_none(self.source)
-            self.candidates = self._from_folder(folder) if folder else self._from_layers()
+            if folder is not None:
+                self.curation = Curation.from_folder(folder)
+            else:
+                self.curation = Curation(self._from_layers())
         except CellsynthInputError as exc:
             notify_error(exc)
             return
-        if not self.candidates:
-            notify_error(CellsynthInputError("no synthetic pairs to curate"))
-            return
-        self.candidates.sort(key=lambda c: -(c.score if c.score is not None else -1.0))
-        self.position = -1
-        self.next()
-
-    def _from_folder(self, folder: Path) -> list[Candidate]:
-        from cellsynth.io import read_dataset
-        from cellsynth.outputs import check_synthetic_source
-
-        check_synthetic_source(folder)  # a real annotated data set is not curated as synthetic
-        ds = read_dataset(folder, require_labels=True, require_images=True)
-        samples = ds.meta.get("samples", {})
-        out = []
-        for p in ds.pairs:
-            rec = samples.get(p.name, {})
-            q = rec.get("quality", {}).get("SEG")
-            out.append(
-                Candidate(p.name, lambda p=p: p.image, lambda p=p: p.labels, q, str(folder), rec)
-            )
-        return out
+        self._show()
 
     def _from_layers(self) -> list[Candidate]:
         """The Synthesize widget's pairs, joined by the link stored in their metadata."""
@@ -148,101 +136,66 @@ class CurateWidget(Container):
             )
         return out
 
-    # ------------------------------------------------------------------ walking
-
-    @property
-    def current(self) -> Candidate | None:
-        if 0 <= self.position < len(self.candidates):
-            return self.candidates[self.position]
-        return None
-
-    def next(self) -> None:
-        self.position += 1
+    def _show(self) -> None:
+        """The current pair as an Image and an editable Labels layer (a copy)."""
+        for layer in (self.image_layer, self.labels_layer):
+            if layer is not None and layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.image_layer = self.labels_layer = None
         c = self.current
         if c is None:
             self.current_label.value = "all pairs reviewed"
             self._update_counts()
             return
-        image = c.image() if callable(c.image) else c.image
-        labels = c.labels() if callable(c.labels) else c.labels
-        for layer in (self.image_layer, self.labels_layer):
-            if layer is not None and layer in self.viewer.layers:
-                self.viewer.layers.remove(layer)
+        image = c.load_image()
         self.image_layer = self.viewer.add_image(
             image, name=f"curate {c.name}", contrast_limits=contrast_limits(image)
         )
         # a copy: corrections never touch the source arrays or files
         self.labels_layer = self.viewer.add_labels(
-            np.array(labels, copy=True), name=f"curate {c.name} labels", opacity=0.35
+            np.array(c.load_labels(), copy=True), name=f"curate {c.name} labels", opacity=0.35
         )
         self.viewer.layers.selection.active = self.labels_layer
         score = f" · quality SEG {c.score:.3f}" if c.score is not None else ""
-        self.current_label.value = f"{self.position + 1}/{len(self.candidates)}: {c.name}{score}"
+        position = self.curation.position + 1
+        self.current_label.value = f"{position}/{len(self.candidates)}: {c.name}{score}"
         self._update_counts()
 
-    def _writer(self) -> Any:
-        from cellsynth.io import DatasetWriter
-        from cellsynth.outputs import check_synthetic_target
-
+    def _output(self) -> Path:
         out = path_or_none(self.output)
         if out is None:
             raise CellsynthInputError("choose a curated folder")
-        check_synthetic_target(out)
-        src = path_or_none(self.source)
-        if src is not None and out.resolve() == src.resolve():
-            raise CellsynthInputError(
-                "the curated folder must differ from the synthetic one "
-                "(cellsynth never writes over the originals)",
-                out,
-            )
-        return DatasetWriter(out, origin="synthetic-curated")
+        return out
+
+    def next(self) -> None:
+        if self.curation is not None and not self.curation.done:
+            self.curation.next()
+            self._show()
 
     def accept(self) -> None:
-        c = self.current
-        if c is None or self.labels_layer is None:
+        if self.current is None or self.labels_layer is None:
             return
         try:
-            w = self._writer()
-            name = w.free_name(f"{c.name}_") if w.exists(c.name) else c.name
-            edited = not np.array_equal(
-                self.labels_layer.data, c.labels() if callable(c.labels) else c.labels
-            )
-            w.add(
-                name,
-                np.asarray(self.image_layer.data),
-                np.asarray(self.labels_layer.data),
-                record={
-                    **{k: v for k, v in c.record.items() if k != "status"},
-                    "status": "accepted",
-                    "corrected": bool(edited),
-                    "source": c.source,
-                    "source_name": c.name,
-                },
-            )
+            out = self._output()
+            self.curation.accept(out, labels=np.asarray(self.labels_layer.data))
         except CellsynthInputError as exc:
             notify_error(exc)
             return
-        self.accepted += 1
-        offer("offer_synthetic", w.root)  # the Fine-tune widget picks up the curated folder
-        self.next()
+        offer("offer_synthetic", out)  # the Fine-tune widget picks up the curated folder
+        self._show()
 
     def reject(self) -> None:
-        c = self.current
-        if c is None:
+        if self.current is None:
             return
         try:
-            w = self._writer()
-            w.meta.setdefault("rejected", {})[c.name] = {"source": c.source, "score": c.score}
-            w.save()
+            self.curation.reject(self._output())
         except CellsynthInputError as exc:
             notify_error(exc)
             return
-        self.rejected += 1
-        self.next()
+        self._show()
 
     def _update_counts(self) -> None:
-        left = max(len(self.candidates) - self.position - 1, 0)
-        self.counts.value = f"accepted {self.accepted} · rejected {self.rejected} · {left} left"
+        self.counts.value = self.curation.summary() if self.curation else "no pairs loaded"
 
     # ------------------------------------------------------------------ pseudo-labels
 

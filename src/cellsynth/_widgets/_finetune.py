@@ -9,7 +9,6 @@ validation data are given, an evaluation table (SEG, AP50, bPQ) is shown.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,11 +27,13 @@ from magicgui.widgets import (
 from cellsynth._widgets._common import (
     DEVICES,
     GeneratorJob,
-    LayerPicker,
     LossPlot,
+    SubprocessWatch,
     alive,
     folder_edit,
     follow_link,
+    layer_picker,
+    layers_folder,
     notify,
     notify_error,
     notify_warning,
@@ -40,35 +41,29 @@ from cellsynth._widgets._common import (
     path_or_none,
     register,
     wrap_label,
-    write_pairs_folder,
 )
 from cellsynth.errors import CellsynthInputError
-from cellsynth.segmenters import DEFAULT_BACKEND, backend_names
+from cellsynth.segmenters import DEFAULT_BACKEND, FinetuneSettings, backend_names
 
 if TYPE_CHECKING:
     import napari.viewer
-
-
-def _cancel_all(jobs: list) -> None:
-    for job in jobs:
-        if job.running:
-            job.cancel()
 
 
 class FinetuneWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
-        self.image_pick = LayerPicker(viewer, "Image", "real image layer")
-        self.labels_pick = LayerPicker(viewer, "Labels", "real labels layer")
+        self.image_pick = layer_picker("Image", "real image layer")
+        self.labels_pick = layer_picker("Labels", "real labels layer")
         follow_link(self.image_pick, self.labels_pick)
         self.real_folder = folder_edit("or real folder")
         self.synthetic = folder_edit("synthetic folder")
         self.synthetic.tooltip = "the curated synthetic pairs (the Curate widget's folder)"
         self.validation = folder_edit("validation folder")
         self.validation.tooltip = "optional: held-out real pairs for the evaluation table"
-        self.p_real = FloatSpinBox(label="p_real", value=0.6, min=0, max=1, step=0.05)
-        self.epochs = SpinBox(label="epochs", value=100, min=1, max=100_000)
+        defaults = FinetuneSettings()
+        self.p_real = FloatSpinBox(label="p_real", value=defaults.p_real, min=0, max=1, step=0.05)
+        self.epochs = SpinBox(label="epochs", value=defaults.epochs, min=1, max=100_000)
         self.pretrained = folder_edit("start from", mode="r")
         self.pretrained.tooltip = "optional: a local Cellpose model file to fine-tune"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
@@ -113,7 +108,7 @@ class FinetuneWidget(Container):
         )
         self.start_btn.changed.connect(self.start)
         self.cancel_btn.changed.connect(self.cancel)
-        self.subprocess = None
+        self.subprocess = None  # the cellsynth.jobs.SubprocessJob training the model
         self.job: GeneratorJob | None = None
         self.model_path: Path | None = None
         self.evaluation: dict[str, Any] | None = None
@@ -121,8 +116,6 @@ class FinetuneWidget(Container):
         self.extra_settings: dict[str, Any] = {}  # for tests and power users (bsize, ...)
         self._tmp: Path | None = None  # the real layers copied for the subprocess
         self._batches = 0
-        self._jobs: list = []  # closing the widget (or napari) cancels a running training
-        self.native.destroyed.connect(lambda *_, jobs=self._jobs: _cancel_all(jobs))
         register(self)
 
     def offer_synthetic(self, path: Path) -> None:
@@ -143,8 +136,8 @@ class FinetuneWidget(Container):
             real = [str(real_folder)]
         else:
             pairs = pairs_from_layers(self.image_pick.value, self.labels_pick.value)
-            self._tmp = Path(tempfile.mkdtemp(prefix="cellsynth-real-"))
-            real = [str(write_pairs_folder(pairs, self._tmp / "real"))]
+            self._tmp = layers_folder(pairs, "cellsynth-real-")
+            real = [str(self._tmp / "data")]
         synthetic = [str(p) for p in [path_or_none(self.synthetic)] if p is not None]
         pre = path_or_none(self.pretrained)
         return finetune_spec(
@@ -162,8 +155,6 @@ class FinetuneWidget(Container):
         )
 
     def start(self) -> None:
-        from cellsynth.jobs import SubprocessJob
-
         try:
             spec = self._spec()
         except CellsynthInputError as exc:
@@ -171,17 +162,16 @@ class FinetuneWidget(Container):
             notify_error(exc)
             return
         self.model_path = Path(spec["output"])
-        self.subprocess = SubprocessJob("finetune", spec).start()
-        self._jobs[:] = [self.subprocess]
+        watch = SubprocessWatch(
+            self, "finetune", spec, message=self._on_message, finished=self._on_finished
+        )
+        self.subprocess, self.job = watch.process, watch.job
         self.plot.clear()
         self.progress.value = 0
         self._batches = 0
         self.table.visible = False
         self.start_btn.enabled, self.cancel_btn.enabled = False, True
         self.status.value = f"starting {self.backend.value} in a subprocess…"
-        self.job = GeneratorJob(
-            self.subprocess.messages(), yielded=self._on_message, finished=self._on_finished
-        ).start()
 
     def cancel(self) -> None:
         if self.subprocess is not None and self.subprocess.running:

@@ -1,8 +1,15 @@
-"""Learn dock widget: train a generator bundle from layers or folders, with a live loss curve."""
+"""Learn dock widget: train a generator bundle from layers or folders, with a live loss curve.
+
+Training runs in a subprocess (:mod:`cellsynth.jobs`, as Fine-tune does): napari stays responsive
+and its memory is the GUI's alone. Layers are written to a temporary dataset folder for it (removed
+when the job ends). The child streams its progress (steps, losses); *Cancel* — or closing napari —
+stops it, and it saves its last checkpoint, so the bundle folder can be resumed.
+"""
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +27,13 @@ from magicgui.widgets import (
 from cellsynth._widgets._common import (
     DEVICES,
     GeneratorJob,
-    LayerPicker,
     LossPlot,
+    SubprocessWatch,
+    alive,
     folder_edit,
     follow_link,
+    layer_picker,
+    layers_folder,
     notify,
     notify_error,
     notify_warning,
@@ -34,6 +44,7 @@ from cellsynth._widgets._common import (
     wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
+from cellsynth.learn import LearnSettings, Progress
 
 if TYPE_CHECKING:
     import napari.viewer
@@ -70,8 +81,8 @@ class LearnWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=True)
         self.viewer = viewer
-        self.image_pick = LayerPicker(viewer, "Image", "image layer")
-        self.labels_pick = LayerPicker(viewer, "Labels", "labels layer")
+        self.image_pick = layer_picker("Image", "image layer")
+        self.labels_pick = layer_picker("Labels", "labels layer")
         follow_link(self.image_pick, self.labels_pick)
         self.folder = folder_edit("or data folder")
         self.output = folder_edit(
@@ -82,7 +93,7 @@ class LearnWidget(Container):
         )
         self.minutes = FloatSpinBox(
             label="minutes",
-            value=10.0,
+            value=LearnSettings().minutes,
             min=0.1,
             max=10_000,
             step=1,
@@ -118,7 +129,8 @@ class LearnWidget(Container):
         self.start_btn.changed.connect(lambda: self._start(resume=False))
         self.resume_btn.changed.connect(lambda: self._start(resume=True))
         self.cancel_btn.changed.connect(self._cancel)
-        self.job: GeneratorJob | None = None
+        self.job: GeneratorJob | None = None  # reads the training subprocess's messages
+        self.subprocess: SubprocessWatch | None = None
         self.bundle_path: Path | None = None  # set when a run trained and saved a bundle
         self._out: Path | None = None
         self._budget: float | None = None
@@ -126,42 +138,51 @@ class LearnWidget(Container):
         self._steps_before = 0
         self._started_at = 0.0
         self._prepared_in: float | None = None
+        self._tmp: Path | None = None  # the layers, copied for the subprocess
+        self._error: str | None = None  # the subprocess's error, as notified
         register(self)
 
     # ------------------------------------------------------------------ actions
 
-    def _pairs(self) -> list:
-        from cellsynth.io import read_pairs
-
+    def _spec(self, out: Path, resume: bool) -> dict[str, Any]:
+        """The ``learn`` job: data folder(s), bundle folder, settings (after ``_configure``)."""
         folder = path_or_none(self.folder)
         if folder is not None:
-            return read_pairs([folder], require_labels=True)
-        return pairs_from_layers(self.image_pick.value, self.labels_pick.value)
+            data = [str(folder)]  # read (and checked) by the subprocess
+        else:
+            pairs = pairs_from_layers(self.image_pick.value, self.labels_pick.value)
+            if self.three_d.value:
+                from cellsynth.learn3d import check_3d_pairs
+
+                check_3d_pairs(pairs)
+            self._tmp = layers_folder(pairs, "cellsynth-learn-")
+            data = [str(self._tmp / "data")]
+        settings = LearnSettings(minutes=float(self.minutes.value), device=str(self.device.value))
+        self._configure(settings)
+        spec: dict[str, Any] = {
+            "data": data,
+            "output": str(out),
+            "settings": settings.to_dict(),
+            "resume": resume,
+        }
+        if self.three_d.value:
+            from cellsynth.learn3d import Learn3DSettings
+
+            s3 = Learn3DSettings()
+            self._configure_3d(s3)
+            spec["settings_3d"] = s3.to_dict()
+        self._budget = settings.minutes
+        return spec
 
     def _start(self, resume: bool = False) -> None:
-        from cellsynth.learn import LearnSettings, learn
-
         try:
             out = path_or_none(self.output)
             if out is None:
                 raise CellsynthInputError("choose a bundle folder")
             check_bundle_folder(out, resume)
-            pairs = self._pairs()
-            settings = LearnSettings(
-                minutes=float(self.minutes.value), device=str(self.device.value)
-            )
-            self._configure(settings)
-            self._budget = settings.minutes
-            if self.three_d.value:
-                from cellsynth.learn3d import Learn3DSettings, check_3d_pairs, learn_3d
-
-                check_3d_pairs(pairs)
-                s3 = Learn3DSettings()
-                self._configure_3d(s3)
-                gen = learn_3d(pairs, out, settings, s3, resume=resume)
-            else:
-                gen = learn(pairs, out, settings, resume=resume)
+            spec = self._spec(out, resume)
         except CellsynthInputError as exc:
+            self._remove_tmp()
             notify_error(exc)
             return
         self.plot.clear()
@@ -171,11 +192,19 @@ class LearnWidget(Container):
         self._last = None
         self._steps_before = steps_in_bundle(out) if resume else 0
         self._prepared_in = None
+        self._error = None
         self._started_at = time.monotonic()
-        self.job = GeneratorJob(gen, yielded=self._on_progress, finished=self._on_finished)
+        self.subprocess = SubprocessWatch(
+            self, "learn", spec, message=self._on_message, finished=self._on_finished
+        )
+        self.job = self.subprocess.job
         self._set_running(True)
         self.status.value = "preparing the data (cell atlas, texture tiles)…"
-        self.job.start()
+
+    def _remove_tmp(self) -> None:
+        if self._tmp is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            self._tmp = None
 
     def _configure(self, settings: Any) -> None:
         """Hook for tests and power users to change the training settings."""
@@ -183,7 +212,15 @@ class LearnWidget(Container):
     def _configure_3d(self, settings: Any) -> None:
         """Same for the 3D settings (multiview refinement steps, rho calibration)."""
 
-    def _on_progress(self, p: Any) -> None:
+    def _on_message(self, msg: Any) -> None:
+        if not alive(self):  # napari closed while the job ran
+            return
+        if msg.kind == "progress":
+            self._on_progress(Progress(**msg.data))
+        elif msg.kind == "error":
+            self._error = notify_error(CellsynthInputError(str(msg.data)))
+
+    def _on_progress(self, p: Progress) -> None:
         self._last = p
         if self._prepared_in is None:
             self._prepared_in = time.monotonic() - self._started_at
@@ -204,19 +241,23 @@ class LearnWidget(Container):
 
     def _on_finished(self) -> None:
         """Say what the run did; hand a bundle on only when this run trained it."""
+        self._remove_tmp()
+        if not alive(self) or self.subprocess is None:
+            return
         self._set_running(False)
         self.plot.redraw()
-        job = self.job
-        if job is None:
-            return
-        if job.error is not None:
+        result = self.subprocess.result
+        kind = result.kind if result is not None else "error"
+        error = (self.job.error if self.job is not None else None) or self._error
+        if error is not None or kind == "error":
             self.progress.value = 0
-            self.status.value = f"failed: {job.error}"
+            self.status.value = f"failed: {error}"
             return
+        cancelled = kind == "cancelled"
         out = self._out
         if self.steps_trained <= 0:
             self.progress.value = 0
-            if job.cancelled:
+            if cancelled:
                 msg = "cancelled before the first training step: no bundle to hand on"
             else:
                 spent = time.monotonic() - self._started_at
@@ -229,17 +270,17 @@ class LearnWidget(Container):
             notify_warning(msg)
             return
         self.bundle_path = out
-        if not job.cancelled:
+        if not cancelled:
             self.progress.value = self.progress.max
-        what = "cancelled; the last checkpoint" if job.cancelled else "done; the bundle"
+        what = "cancelled; the last checkpoint" if cancelled else "done; the bundle"
         self.status.value = f"{what} ({self.steps_trained} steps) is saved in {out}"
         notify(f"bundle saved to {out} ({self.steps_trained} training steps)")
         offer("offer_bundle", out)  # the Synthesize widget picks it up
 
     def _cancel(self) -> None:
-        if self.job is not None and self.job.running:
+        if self.subprocess is not None and self.subprocess.running:
             self.status.value = "cancelling: saving the last checkpoint…"
-            self.job.cancel()
+            self.subprocess.cancel()
 
     def _set_running(self, running: bool) -> None:
         self.start_btn.enabled = not running

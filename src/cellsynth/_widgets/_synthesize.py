@@ -1,8 +1,17 @@
-"""Synthesize dock widget: draw annotated pairs from a bundle into Image + Labels layers."""
+"""Synthesize dock widget: draw annotated pairs from a bundle into Image + Labels layers.
+
+The pairs are drawn by :func:`cellsynth.synthesize.synthesize` — the loop the CLI runs — into the
+chosen dataset folder, or into a temporary one (removed at the end) when none is chosen, and read
+back into layers one by one as they are written.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -30,11 +39,58 @@ from cellsynth._widgets._common import (
     wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
+from cellsynth.synthesize import SynthesisParams
 
 if TYPE_CHECKING:
     import napari.viewer
 
 GAP = 16  # pixels between the pairs of one run, laid out side by side
+#: a sample's dataset.json record, less what is not a synthesis parameter
+_NOT_PARAMS = ("origin", "request", "status")
+
+
+@dataclass
+class Drawn:
+    """One pair :func:`~cellsynth.synthesize.synthesize` wrote, read back for the viewer."""
+
+    image: Any
+    labels: Any
+    params: dict[str, Any]  # every parameter of the sample (seed, cells placed, rho …)
+    voxel_size: list[float] | None  # as the dataset folder records it
+    name: str | None  # its name in the chosen dataset folder (None: not kept)
+    bundle: Path  # the bundle's folder (its name names the layers)
+
+    @classmethod
+    def read(cls, folder: Path, name: str, kept: bool) -> Drawn:
+        from cellsynth.io import read_array
+
+        meta = json.loads((folder / "dataset.json").read_text())
+        record = meta["samples"][name]
+        params = {k: v for k, v in record.items() if k not in _NOT_PARAMS}
+        return cls(
+            read_array(folder / "images" / f"{name}.tif").data,
+            read_array(folder / "labels" / f"{name}.tif").data,
+            params,
+            record.get("voxel_size") or meta.get("voxel_size"),
+            name if kept else None,
+            Path(params.get("bundle") or "bundle"),
+        )
+
+
+def draw(
+    params: SynthesisParams, n: int, bundle: Path | None, save_to: Path | None, device: str
+) -> Iterator[Drawn]:
+    """Worker-thread generator: :func:`~cellsynth.synthesize.synthesize` into ``save_to`` (a
+    temporary folder when ``None``), each pair read back as it is written."""
+    from cellsynth.synthesize import synthesize
+
+    folder = save_to if save_to is not None else Path(tempfile.mkdtemp(prefix="cellsynth-synth-"))
+    try:
+        for _i, _n, name in synthesize(folder, n, params, bundle=bundle, device=device):
+            yield Drawn.read(folder, name, kept=save_to is not None)
+    finally:
+        if save_to is None:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 class SynthesizeWidget(Container):
@@ -52,6 +108,7 @@ class SynthesizeWidget(Container):
             tooltip="3D: 2D masks -> multiview silhouettes -> NeuS volumes -> slices textured "
             "from correlated noise",
         )
+        defaults = SynthesisParams()
         self.canvas_z = SpinBox(label="slices (3D)", value=32, min=1, max=1024, visible=False)
         self.rho = FloatSpinBox(
             label="rho (3D, -1 = bundle's)",
@@ -63,19 +120,26 @@ class SynthesizeWidget(Container):
             tooltip="correlation of the slices' initial noise (paper 001, eq. 2); -1 uses the "
             "value calibrated on the bundle's 3D data",
         )
-        self.canvas_h = SpinBox(label="height", value=256, min=16, max=8192, step=16)
-        self.canvas_w = SpinBox(label="width", value=256, min=16, max=8192, step=16)
-        self.cells = SpinBox(label="cells (0 = auto)", value=0, min=0, max=100_000)
-        self.cluster = FloatSpinBox(label="clustering prob.", value=0.3, min=0, max=1, step=0.05)
-        self.steps = SpinBox(label="texture steps", value=10, min=1, max=200)
+        height, width = defaults.size[-2:]
+        self.canvas_h = SpinBox(label="height", value=height, min=16, max=8192, step=16)
+        self.canvas_w = SpinBox(label="width", value=width, min=16, max=8192, step=16)
+        self.cells = SpinBox(
+            label="cells (0 = auto)", value=defaults.cells or 0, min=0, max=100_000
+        )
+        self.cluster = FloatSpinBox(
+            label="clustering prob.", value=defaults.cluster_prob, min=0, max=1, step=0.05
+        )
+        self.steps = SpinBox(
+            label="texture steps (0 = bundle's)", value=defaults.steps or 0, min=0, max=200
+        )
         self.brightness = ComboBox(
             label="cell brightness",
             choices=["data", "model"],
-            value="data",
+            value=defaults.brightness,
             tooltip="data: each cell's mean brightness drawn from the training cells (bundles "
             "that record them); model: as the texture model paints it",
         )
-        self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.seed = SpinBox(label="seed", value=defaults.seed, min=0, max=2**31 - 1)
         self.how_many = SpinBox(label="how many", value=1, min=1, max=1000)
         self.save_to = folder_edit("write to folder")
         self.save_to.tooltip = (
@@ -132,9 +196,7 @@ class SynthesizeWidget(Container):
         if three and self.canvas_h.value > 512:  # 3D canvases cost Z times a 2D one
             self.canvas_h.value = self.canvas_w.value = 256
 
-    def params(self) -> Any:
-        from cellsynth.synthesize import SynthesisParams
-
+    def params(self) -> SynthesisParams:
         yx = (int(self.canvas_h.value), int(self.canvas_w.value))
         three = self.dims.value == "3D"
         return SynthesisParams(
@@ -142,7 +204,7 @@ class SynthesizeWidget(Container):
             rho=float(self.rho.value) if three and self.rho.value >= 0 else None,
             cells=int(self.cells.value) or None,
             cluster_prob=float(self.cluster.value),
-            steps=int(self.steps.value),
+            steps=int(self.steps.value) or None,
             seed=int(self.seed.value),
             brightness=str(self.brightness.value),
         )
@@ -163,13 +225,7 @@ class SynthesizeWidget(Container):
                     "widget wrote, or leave it empty for the built-in bundle",
                     bundle,
                 )
-            gen = self._generate(
-                params,
-                int(self.how_many.value),
-                bundle,
-                save_to,
-                str(self.device.value),
-            )
+            gen = draw(params, int(self.how_many.value), bundle, save_to, str(self.device.value))
         except CellsynthInputError as exc:
             notify_error(exc)
             return
@@ -181,48 +237,18 @@ class SynthesizeWidget(Container):
         self._written = 0
         self.job = GeneratorJob(gen, yielded=self._on_pair, finished=self._on_finished).start()
 
-    @staticmethod
-    def _generate(params: Any, n: int, bundle: Path | None, save_to: Path | None, device: str):
-        """Worker-thread generator: yields (pair, name, bundle name) for each sample."""
-        from cellsynth.io import DatasetWriter
-        from cellsynth.synthesize import SynthesisParams, Synthesizer
-
-        synth = Synthesizer(bundle, device=device)
-        b = synth.bundle
-        writer = None
-        if save_to is not None:
-            writer = DatasetWriter(
-                save_to,
-                voxel_size=synth.output_voxel_size(params),
-                origin="synthetic",
-                meta={"bundle": str(b.path)},
-            )
-        for i in range(n):
-            p = SynthesisParams(**{**asdict(params), "seed": params.seed + i})
-            pair = synth.sample(p)
-            name = None
-            if writer is not None:
-                name = writer.free_name("synth_")
-                writer.add(
-                    name,
-                    pair.image,
-                    pair.labels,
-                    record={"origin": "synthetic", **pair.params, "status": "unreviewed"},
-                )
-            yield pair, name, b
-
-    def _on_pair(self, item: Any) -> None:
-        pair, name, bundle = item
+    def _on_pair(self, pair: Drawn) -> None:
+        name = pair.name
         seed = pair.params["seed"]
-        base = f"{bundle.name} seed {seed}"
+        base = f"{pair.bundle.name} seed {seed}"
         if pair.labels.ndim == 3:  # anisotropic stacks look right in 3D view and XZ slices
             scale = list(pair.params["voxel_size"])
         else:
-            scale = list(bundle.voxel_size)[-2:] if bundle.voxel_size else [1.0, 1.0]
+            scale = list(pair.voxel_size)[-2:] if pair.voxel_size else [1.0, 1.0]
         meta = {
             "cellsynth": {
                 "synthetic": True,
-                "bundle": str(bundle.path),
+                "bundle": str(pair.bundle),
                 "params": pair.params,
                 "dataset_name": name,
                 "dataset": str(path_or_none(self.save_to)) if name else None,
