@@ -56,3 +56,28 @@ def test_cli_threads_option_sets_torch_threads(capsys):
         assert "--threads must be at least 1" in err and len(err.strip().splitlines()) == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_job_child_sets_torchs_threads_from_its_spec(tmp_path, monkeypatch, capsys):
+    """The GUI's 'CPU threads' box reaches the training subprocess: the child sets torch's
+    threads from the spec before it runs the job (None: automatic)."""
+    import json
+
+    import torch
+
+    from cellsynth import jobs
+
+    def report(spec):
+        yield {"threads": torch.get_num_threads()}
+
+    monkeypatch.setitem(jobs.RUNNERS, "learn", report)
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            spec = tmp_path / f"job{n}.json"
+            spec.write_text(json.dumps({"kind": "learn", "threads": n}))
+            assert jobs.child_main([str(spec)]) == 0
+            lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+            assert lines[0] == {"progress": {"threads": n}}
+    finally:
+        torch.set_num_threads(before)

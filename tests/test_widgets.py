@@ -652,3 +652,34 @@ def test_widgets_hand_their_results_to_the_next_step(make_napari_viewer_proxy, t
     curate.load_btn.clicked.emit()
     curate.accept()
     assert str(tune.synthetic.value) == str(tmp_path / "curated")
+
+
+def test_cpu_threads_setting_reaches_the_training_jobs_and_synthesis(
+    make_napari_viewer_proxy, qtbot, tmp_path, monkeypatch
+):
+    """Learn, Fine-tune and Synthesize have a 'CPU threads' box (0 = automatic); its value goes
+    into the subprocess job's spec (the child sets torch's threads from it) and into the
+    synthesis worker."""
+    import torch
+
+    viewer = make_napari_viewer_proxy()
+    learn, tune = open_widget(viewer, "Learn"), open_widget(viewer, "Fine-tune")
+    for w in (learn, tune, open_widget(viewer, "Synthesize")):
+        assert w.threads.value == 0  # automatic by default
+    _dataset(tmp_path / "data")
+    learn.folder.value = str(tmp_path / "data")
+    learn.threads.value = 1
+    assert learn._spec(tmp_path / "b", resume=False)["threads"] == 1
+    tune.real_folder.value = str(tmp_path / "data")
+    tune.output.value = str(tmp_path / "model")
+    tune.threads.value = 1
+    assert tune._spec()["threads"] == 1
+    learn.threads.value = 0
+    assert learn._spec(tmp_path / "b", resume=False)["threads"] is None
+    seen = []
+    monkeypatch.setattr("cellsynth.device.configure_threads", lambda n=None: seen.append(n) or 1)
+    before = torch.get_num_threads()
+    w = _synth(viewer, qtbot, seed=3, threads=1)
+    assert seen == [1] and len(viewer.layers) >= 2
+    assert torch.get_num_threads() == before
+    assert w.threads.value == 1

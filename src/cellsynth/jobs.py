@@ -42,7 +42,8 @@ def _settings(cls: type, values: dict[str, Any] | None) -> Any:
 def _run_learn(spec: dict[str, Any]) -> Iterator[Any]:
     """``learn`` (2D), or ``learn_3d`` when the spec has ``settings_3d``."""
     from cellsynth.io import read_pairs
-    from cellsynth.learn import LearnSettings, learn
+    from cellsynth.learn import learn
+    from cellsynth.settings import LearnSettings
 
     pairs = read_pairs(spec["data"], require_labels=True)
     settings = _settings(LearnSettings, spec.get("settings"))
@@ -94,6 +95,9 @@ def child_main(argv: list[str] | None = None) -> int:
     )
     gen = None
     try:
+        from cellsynth.device import configure_threads
+
+        configure_threads(spec.get("threads"))  # None: the cores other processes leave free
         gen = RUNNERS[spec["kind"]](spec)
         last = None
         for p in gen:

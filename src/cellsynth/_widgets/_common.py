@@ -18,6 +18,30 @@ from cellsynth.io import Pair
 log = logging.getLogger(__name__)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def threads_box() -> Any:
+    """CPU threads for torch (0 = automatic: one per core other processes leave free).
+
+    On oversubscribed cores more OpenMP threads are slower (docs/performance.md): a napari
+    session synthesizing beside a fine-tune should give each one thread, or leave it on auto."""
+    import os
+
+    from magicgui.widgets import SpinBox
+
+    box = SpinBox(label="CPU threads", value=0, min=0, max=max(os.cpu_count() or 1, 1))
+    box.tooltip = (
+        "torch threads on the CPU; 0 = automatic (the cores other processes leave free). "
+        "Fewer threads run faster when other jobs share the cores."
+    )
+    return box
+
+
+def threads_of(box: Any) -> int | None:
+    """The box's value as ``--threads`` takes it (None: automatic)."""
+    return int(box.value) or None
+
+
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 
 

@@ -40,6 +40,8 @@ from cellsynth._widgets._common import (
     pairs_from_layers,
     path_or_none,
     register,
+    threads_box,
+    threads_of,
     wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
@@ -67,6 +69,7 @@ class FinetuneWidget(Container):
         self.pretrained = folder_edit("start from", mode="r")
         self.pretrained.tooltip = "optional: a local Cellpose model file to fine-tune"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.threads = threads_box()
         self.backend = ComboBox(
             label="backend", choices=lambda _: backend_names(), value=DEFAULT_BACKEND
         )
@@ -97,6 +100,7 @@ class FinetuneWidget(Container):
                 self.epochs,
                 self.pretrained,
                 self.device,
+                self.threads,
                 self.backend,
                 self.output,
                 buttons,
@@ -152,6 +156,7 @@ class FinetuneWidget(Container):
                 "device": str(self.device.value),
                 **self.extra_settings,
             },
+            threads=threads_of(self.threads),
         )
 
     def start(self) -> None:

@@ -41,6 +41,8 @@ from cellsynth._widgets._common import (
     pairs_from_layers,
     path_or_none,
     register,
+    threads_box,
+    threads_of,
     wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
@@ -100,6 +102,7 @@ class LearnWidget(Container):
             tooltip="time budget, preparing the data (cell atlas, texture tiles) included",
         )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.threads = threads_box()
         self.start_btn = PushButton(text="Start")
         self.resume_btn = PushButton(text="Resume")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -120,6 +123,7 @@ class LearnWidget(Container):
                 self.three_d,
                 self.minutes,
                 self.device,
+                self.threads,
                 buttons,
                 self.progress,
                 self.status,
@@ -164,6 +168,7 @@ class LearnWidget(Container):
             "output": str(out),
             "settings": settings.to_dict(),
             "resume": resume,
+            "threads": threads_of(self.threads),
         }
         if self.three_d.value:
             from cellsynth.learn3d import Learn3DSettings

@@ -36,6 +36,8 @@ from cellsynth._widgets._common import (
     notify_warning,
     path_or_none,
     register,
+    threads_box,
+    threads_of,
     wrap_label,
 )
 from cellsynth.errors import CellsynthInputError
@@ -78,12 +80,20 @@ class Drawn:
 
 
 def draw(
-    params: SynthesisParams, n: int, bundle: Path | None, save_to: Path | None, device: str
+    params: SynthesisParams,
+    n: int,
+    bundle: Path | None,
+    save_to: Path | None,
+    device: str,
+    threads: int | None = None,
 ) -> Iterator[Drawn]:
     """Worker-thread generator: :func:`~cellsynth.synthesize.synthesize` into ``save_to`` (a
-    temporary folder when ``None``), each pair read back as it is written."""
+    temporary folder when ``None``), each pair read back as it is written; ``threads``: torch's
+    CPU threads (None: automatic)."""
+    from cellsynth.device import configure_threads
     from cellsynth.synthesize import synthesize
 
+    configure_threads(threads)
     folder = save_to if save_to is not None else Path(tempfile.mkdtemp(prefix="cellsynth-synth-"))
     try:
         for _i, _n, name in synthesize(folder, n, params, bundle=bundle, device=device):
@@ -147,6 +157,7 @@ class SynthesizeWidget(Container):
             "one cellsynth synthesized; never a real data set)"
         )
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
+        self.threads = threads_box()
         self.run_btn = PushButton(text="Synthesize")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", min=0, max=1, value=0)
@@ -170,6 +181,7 @@ class SynthesizeWidget(Container):
                 self.how_many,
                 self.save_to,
                 self.device,
+                self.threads,
                 buttons,
                 self.progress,
                 self.status,
@@ -225,7 +237,14 @@ class SynthesizeWidget(Container):
                     "widget wrote, or leave it empty for the built-in bundle",
                     bundle,
                 )
-            gen = draw(params, int(self.how_many.value), bundle, save_to, str(self.device.value))
+            gen = draw(
+                params,
+                int(self.how_many.value),
+                bundle,
+                save_to,
+                str(self.device.value),
+                threads_of(self.threads),
+            )
         except CellsynthInputError as exc:
             notify_error(exc)
             return
