@@ -247,6 +247,7 @@ def learn_settings(args: argparse.Namespace) -> Any:
         "checkpoint_minutes": args.checkpoint_minutes,
         "lr_schedule": args.lr_schedule,
         "texture_batch": args.texture_batch,
+        "lr": args.lr,
     }
     for name, value in given.items():
         if value is not None:
@@ -774,6 +775,12 @@ def _learn_parser(sub: Any) -> None:
         metavar="BUNDLE",
         help="start from this bundle's models ('builtin': the built-in one) instead of "
         "random weights; --mask-steps 0 keeps its mask model",
+    )
+    p.add_argument(
+        "--lr",
+        type=float,
+        default=None,
+        help=f"learning rate (default {d.lr:g}; lower to continue a trained bundle)",
     )
     p.add_argument(
         "--lr-schedule",
