@@ -184,8 +184,10 @@ def _learn(
             float(np.median(atlas.table["equivalent_diameter"])), settings.texture_batch
         )
         log.info("texture tiles of %s px, batch %s", settings.tile, settings.texture_batch)
+    slice_images, slice_labels = _texture_slices(pairs)  # the 2D images every stage reads
     tiles = TextureTiles(
-        *_texture_slices(pairs),
+        slice_images,
+        slice_labels,
         atlas.intensity,
         settings.tile,
         brightness=settings.brightness_condition,
@@ -276,15 +278,15 @@ def _learn(
                 ),
                 "median_area": float(np.median(atlas.table["area"])),
                 # optional key (synthesize reads it with a default): placement reproduces it
-                "touching_fraction": layout_summary(_texture_slices(pairs)[1])["touching_fraction"],
+                "touching_fraction": layout_summary(slice_labels)["touching_fraction"],
                 # optional: what a brightness-conditioned texture model is told to paint
                 "brightness_frames": [
                     frame_brightness(img, lab).to_dict()
-                    for img, lab in zip(*_texture_slices(pairs), strict=True)
+                    for img, lab in zip(slice_images, slice_labels, strict=True)
                 ],
             },
             # optional: camera noise and illumination that synthesis adds to the painted image
-            "background": background_summary(*_texture_slices(pairs)),
+            "background": background_summary(slice_images, slice_labels),
             "settings": settings.to_dict(),
             **({"init_from": _init_record(init)} if init is not None else {}),
         },

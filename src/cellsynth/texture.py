@@ -97,12 +97,13 @@ def measure_brightness(image: np.ndarray, labels: np.ndarray) -> tuple[float, di
     """Background level (median outside the cells and a 3 px rim) and each cell's mean."""
     from scipy import ndimage
 
+    from cellsynth.metrics.texture import background_pixels
+
     img = np.asarray(image, np.float64)
     lab = np.asarray(labels)
     ids = np.unique(lab)
     ids = ids[ids > 0]
-    near = ndimage.binary_dilation(lab > 0, iterations=3)
-    outside = img[~near] if (~near).any() else img[lab == 0]
+    outside = background_pixels(img, lab)
     background = float(np.median(outside)) if outside.size else float(np.min(img))
     means = ndimage.mean(img, lab, ids) if ids.size else []
     return background, {int(i): float(m) for i, m in zip(ids, means, strict=True)}
