@@ -80,6 +80,7 @@ def test_a_saved_bundle_is_the_current_format_and_round_trips(copy):
         (lambda m: m["mask_config"].update(widths=[]), "mask_config.widths", "non-empty list"),
         (lambda m: m["texture_config"].update(sample_size=0), "texture_config.sample_size", "4"),
         (lambda m: m.update(texture3d={"rho": -1}), "texture3d.rho", ">= 0"),
+        (lambda m: m["mask_config"].update(sampler="euler"), "mask_config.sampler", "unipc"),
     ],
 )
 def test_absurd_values_give_one_line_naming_the_file_key_and_expectation(copy, edit, key, expected):

@@ -154,3 +154,40 @@ def test_bad_density_factor_or_touching_fraction_is_refused(field, value):
 
     with pytest.raises(CellsynthInputError, match=field.replace("_", "-")):
         SynthesisParams(**{field: value}).validate()
+
+
+def _border_share(pop) -> tuple[float, list[int]]:
+    lab = pop.labels
+    edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    edge = edge[edge > 0]
+    sizes = np.bincount(lab.ravel())
+    return len(edge) / pop.n_cells, [int(sizes[i]) for i in edge]
+
+
+def test_edge_cut_places_cells_across_the_border_as_a_field_of_view_does():
+    """A canvas cut from a larger sample: cells of the same sizes, centred anywhere, show
+    more cut cells and smaller slivers than placement that keeps half of each cell inside."""
+    masks = [_disk(10)] * 12
+    shares: dict[bool, list[float]] = {False: [], True: []}
+    sizes: dict[bool, list[int]] = {False: [], True: []}
+    for seed in range(6):
+        for edge_cut in (False, True):
+            rng = np.random.default_rng(seed)
+            pop = place_cells(masks, (200, 200), rng=rng, edge_cut=edge_cut)
+            assert pop.n_cells == 12
+            share, cut_sizes = _border_share(pop)
+            shares[edge_cut].append(share)
+            sizes[edge_cut] += cut_sizes
+            for i in range(1, pop.n_cells + 1):
+                assert ndimage.label(pop.labels == i)[1] == 1
+    # expected share of cells reaching the border: 1 - (180/200)^2 = 0.19 vs 1 - (180/220)^2 = 0.33
+    assert np.mean(shares[True]) > 1.4 * np.mean(shares[False])
+    assert min(sizes[True]) < 0.5 * _disk(10).sum() <= min(sizes[False])
+    assert min(sizes[True]) >= 9  # min_pixels: no speck of a cell
+
+
+def test_edge_cut_is_for_2d_canvases():
+    with pytest.raises(CellsynthInputError, match="2D"):
+        place_cells(
+            [np.ones((3, 9, 9), bool)], (8, 64, 64), rng=np.random.default_rng(2), edge_cut=True
+        )

@@ -31,7 +31,12 @@ import numpy as np
 
 from cellsynth import __version__
 from cellsynth.atlas import IntensityStats
-from cellsynth.diffusion.core import DiffusionConfig, make_sampler, make_train_scheduler
+from cellsynth.diffusion.core import (
+    SAMPLERS,
+    DiffusionConfig,
+    make_sampler,
+    make_train_scheduler,
+)
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import write_json
 from cellsynth.texture import FrameBrightness, brightness_conditioned
@@ -216,10 +221,10 @@ class GeneratorBundle:
         return own if (own / "multiview.json").exists() else None
 
     def mask_sampler(self) -> Any:
-        return make_sampler(make_train_scheduler(self.mask_cfg))
+        return make_sampler(make_train_scheduler(self.mask_cfg), self.mask_cfg.sampler)
 
     def texture_sampler(self) -> Any:
-        return make_sampler(make_train_scheduler(self.texture_cfg))
+        return make_sampler(make_train_scheduler(self.texture_cfg), self.texture_cfg.sampler)
 
     def to(self, device: Any) -> GeneratorBundle:
         for m in (self.mask_unet, self.texture_unet):
@@ -475,6 +480,8 @@ def _check_config(meta: dict, name: str, where: Path) -> None:
             "epsilon, v_prediction or sample",
             cfg.get("prediction_type"),
         )
+    if cfg.get("sampler", "ddim") not in SAMPLERS:
+        raise _bad(where, f"{name}.sampler", " or ".join(SAMPLERS), cfg.get("sampler"))
     try:
         DiffusionConfig.from_dict(cfg)
     except TypeError as exc:

@@ -271,7 +271,7 @@ def _learn(
             "cells": {
                 "crop_size": settings.crop_size,
                 "scales": [round(float(s), 4) for s in atlas.table["scale"]],
-                "areas": [float(a) for a in atlas.table["area"]],
+                "areas": atlas.whole_cell_areas(),
                 "mean_intensities": atlas.mean_intensities(),
                 "density": _density(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)

@@ -49,6 +49,8 @@ def place_cells(
     max_tries: int = 60,
     min_inside: float = 0.5,
     touch_prob: float = 0.0,
+    edge_cut: bool = False,
+    min_pixels: int = 9,
 ) -> Population:
     """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``.
 
@@ -56,6 +58,13 @@ def place_cells(
     (preferably one that touches no other yet): it slides towards it along a random direction
     until the next pixel step would overlap, so the two labels meet without a gap, as touching
     nuclei do in real images. Other cells keep ``gap`` pixels from everything.
+
+    A cell keeps ``min_inside`` of its pixels on the canvas. With ``edge_cut`` (2D) the canvas is
+    a field of view cut out of a larger sample, as a microscope image is: cells are centred
+    anywhere on the canvas grown by half a cell on each side and kept
+    when ``min_pixels`` of them are inside, so the border holds cut cells and slivers as often
+    as a real image does (the built-in images: 36 % of the cells touch the border, the smallest
+    tenth of those under 116 px; placement with ``min_inside`` 0.5: 23 %, 903 px).
     """
     from scipy import ndimage
 
@@ -75,6 +84,10 @@ def place_cells(
     for a in "zyx"[-nd:]:
         rows[f"centroid_{a}"] = []
     struct = ndimage.generate_binary_structure(nd, 1)
+    if edge_cut and nd != 2:
+        raise CellsynthInputError("edge_cut places cells on 2D canvases only")
+    if edge_cut:
+        min_inside = 0.0
 
     def _add(m, grown, half, centre, corner, *, clustered=False, touch=False) -> None:
         lab = len(rows["label"]) + 1
@@ -117,6 +130,7 @@ def place_cells(
                 rng,
                 max_tries // 2,
                 min_inside,
+                min_pixels,
             )
         if contact is not None:
             centre, partner = contact
@@ -137,9 +151,10 @@ def place_cells(
                 dist = r_old + r_new + gap + rng.uniform(0, band * r_new)
                 centre = centres[j] + d * dist
             else:
-                centre = rng.uniform(0, 1, nd) * np.array(shape)
+                lo = np.where(edge_cut & (free_axes > 0), -half, 0.0)
+                centre = lo + rng.uniform(0, 1, nd) * (np.array(shape) - 2 * lo)
             corner = np.rint(centre - half).astype(int)
-            if _fits(occupied, grown, corner - gap, m, corner, min_inside):
+            if _fits(occupied, grown, corner - gap, m, corner, min_inside, min_pixels):
                 _add(m, grown, half, centre, corner, clustered=clustered)
                 break
     placed = len(rows["label"])
@@ -149,7 +164,7 @@ def place_cells(
     return Population(labels=labels, table=table, requested=len(masks))
 
 
-def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_inside):
+def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_inside, min_pixels):
     """A centre where ``m`` meets a placed cell without overlapping any: along a random
     direction from a random partner, start just beyond both cells' radii and step half a pixel
     closer until the next would overlap. (centre, partner index) or None."""
@@ -167,7 +182,7 @@ def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_in
             centre = centres[j] + d * dist
             corner = np.rint(centre - half).astype(int)
             w = _window(labels.shape, corner, m.shape)
-            if w is None or m[w[1]].sum() < min_inside * m.sum():
+            if w is None or m[w[1]].sum() < _needed(m, min_inside, min_pixels):
                 break
             if np.any((labels[w[0]] > 0) & m[w[1]]):
                 break
@@ -191,7 +206,13 @@ def _window(shape: tuple[int, ...], corner: np.ndarray, size: tuple[int, ...]):
     return tuple(canvas), tuple(patch)
 
 
-def _fits(occupied, grown, gcorner, m, corner, min_inside) -> bool:
+def _needed(m: np.ndarray, min_inside: float, min_pixels: int, cap: float = 1.0) -> float:
+    """Pixels of ``m`` that must lie on the canvas."""
+    total = int(m.sum())
+    return max(min(min_pixels, total), min_inside * cap * total)
+
+
+def _fits(occupied, grown, gcorner, m, corner, min_inside, min_pixels) -> bool:
     w = _window(occupied.shape, corner, m.shape)
     if w is None:
         return False
@@ -199,7 +220,7 @@ def _fits(occupied, grown, gcorner, m, corner, min_inside) -> bool:
     # a cell larger than the canvas along some axis (a tall cell in a thin stack) can at most
     # show the canvas' share of it there; ask for min_inside of what can fit
     cap = float(np.prod([min(1.0, n / s) for n, s in zip(occupied.shape, m.shape, strict=True)]))
-    if m[pw].sum() < min_inside * cap * m.sum():
+    if m[pw].sum() < _needed(m, min_inside, min_pixels, cap):
         return False
     wg = _window(occupied.shape, gcorner, grown.shape)
     if wg is None:

@@ -287,6 +287,7 @@ class Synthesizer:
             cluster_prob=params.cluster_prob,
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
+            edge_cut=True,  # a field of view: cells cut by the border, as in the real images
         )
 
     def touching(self, params: SynthesisParams) -> float:

@@ -1,0 +1,61 @@
+"""Copy a 2D bundle learnt by an older cellsynth, recording what ``learn`` records today.
+
+    python scripts/upgrade_bundle.py OLD_BUNDLE DATA... -o NEW_BUNDLE
+
+* ``cells.mean_intensities``: the mean intensity of every training cell, which
+  ``synthesize --brightness data`` draws from (bundles from before session 3 lack it);
+* ``cells.areas``: the areas of the *whole* training cells, those the image border does not
+  cut: synthesis cuts cells at the canvas edge itself, and sizing whole cells by the areas of cut
+  ones made them too small;
+* the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
+  elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
+  (docs/synthesis.md, "Cell shapes").
+
+Give the same training data the bundle was learnt on: the
+values are computed with the atlas code ``learn`` uses. The old bundle is not modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from cellsynth.atlas import build_atlas
+from cellsynth.errors import CellsynthInputError
+from cellsynth.io import read_pairs, write_json
+from cellsynth.masks import mask_config
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("bundle", type=Path)
+    ap.add_argument("data", type=Path, nargs="+")
+    ap.add_argument("-o", "--output", type=Path, required=True)
+    args = ap.parse_args()
+    meta = json.loads((args.bundle / "bundle.json").read_text())
+    pairs = read_pairs(args.data, require_labels=True)
+    names = meta["training_data"]["names"]
+    pairs = [p for p in pairs if p.name in names]
+    if sorted(p.name for p in pairs) != sorted(names):
+        raise CellsynthInputError(f"the bundle was learnt on {names}; give that data")
+    atlas = build_atlas(pairs, crop_size=int(meta["cells"]["crop_size"]))
+    if args.output.exists():
+        raise CellsynthInputError("exists; choose a new folder", args.output)
+    shutil.copytree(args.bundle, args.output, ignore=shutil.ignore_patterns("training_state"))
+    areas = atlas.whole_cell_areas()
+    new = mask_config()
+    meta["cells"]["areas"] = areas
+    meta["cells"]["mean_intensities"] = atlas.mean_intensities()
+    meta["mask_config"]["sampler"] = new.sampler
+    meta["mask_config"]["sampling_steps"] = new.sampling_steps
+    meta["derived_from"] = str(args.bundle)
+    write_json(args.output / "bundle.json", meta)
+    print(json.dumps({"bundle": str(args.output), "whole_cells": len(areas)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
