@@ -4,9 +4,9 @@
 
 * ``cells.mean_intensities``: the mean intensity of every training cell, which
   ``synthesize --brightness data`` draws from (bundles from before session 3 lack it);
-* ``cells.areas``: the areas of the *whole* training cells, those the image border does not
-  cut: synthesis cuts cells at the canvas edge itself, and sizing whole cells by the areas of cut
-  ones made them too small;
+* ``cells.touching_fraction`` and ``cells.min_cut_area``: the fraction of training cells that
+  touch another, and the 5th percentile of the areas of the cells the image border cuts (no
+  synthetic frame shows a smaller sliver of a cell cut by its edge);
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
   elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
   (docs/synthesis.md, "Cell shapes").
@@ -25,8 +25,9 @@ from pathlib import Path
 
 from cellsynth.atlas import build_atlas
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import read_pairs, write_json
+from cellsynth.io import labelled_slices, read_pairs, write_json
 from cellsynth.masks import mask_config
+from cellsynth.metrics import layout_summary
 
 
 def main() -> int:
@@ -45,15 +46,16 @@ def main() -> int:
     if args.output.exists():
         raise CellsynthInputError("exists; choose a new folder", args.output)
     shutil.copytree(args.bundle, args.output, ignore=shutil.ignore_patterns("training_state"))
-    areas = atlas.whole_cell_areas()
+    layout = layout_summary([lab for p in pairs for _, _, lab in labelled_slices(p)])
     new = mask_config()
-    meta["cells"]["areas"] = areas
     meta["cells"]["mean_intensities"] = atlas.mean_intensities()
+    meta["cells"]["touching_fraction"] = layout["touching_fraction"]
+    meta["cells"]["min_cut_area"] = layout["cut_area_p5"]
     meta["mask_config"]["sampler"] = new.sampler
     meta["mask_config"]["sampling_steps"] = new.sampling_steps
     meta["derived_from"] = str(args.bundle)
     write_json(args.output / "bundle.json", meta)
-    print(json.dumps({"bundle": str(args.output), "whole_cells": len(areas)}))
+    print(json.dumps({"bundle": str(args.output), "min_cut_area": layout["cut_area_p5"]}))
     return 0
 
 

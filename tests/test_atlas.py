@@ -83,16 +83,3 @@ def test_atlas_refuses_mixed_2d_and_3d():
                 Pair.from_arrays("b", image_for(lab3), lab3),
             ]
         )
-
-
-def test_whole_cell_areas_leave_out_the_cells_the_border_cuts():
-    lab = np.zeros((64, 64), np.uint16)
-    for k in range(12):  # twelve whole 5x5 cells, and one 3x6 cell cut by the top border
-        r, c = 8 + (k // 4) * 10, 8 + (k % 4) * 10
-        lab[r : r + 5, c : c + 5] = k + 1
-    lab[0:3, 50:56] = 13
-    pair = Pair.from_arrays("t", np.ones_like(lab, np.float32), lab)
-    atlas = build_atlas([pair], crop_size=16)
-    assert sorted(atlas.table["area"]) == [18.0] + [25.0] * 12
-    assert atlas.whole_cell_areas() == [25.0] * 12
-    assert sorted(atlas.whole_cell_areas(min_cells=13)) == [18.0] + [25.0] * 12  # too few whole

@@ -10,6 +10,7 @@ import tifffile
 
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.cli import main
+from cellsynth.device import seeded
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import read_dataset
 from cellsynth.learn import LearnSettings, learn
@@ -319,3 +320,30 @@ def test_bundles_record_cell_brightness_and_synthesis_uses_it(posthoc_bundle):
     old = Synthesizer(b, device="cpu")
     assert old.bundle.cell_intensities is None
     assert old.sample(SynthesisParams(**p)).params["brightness"] == "model"
+
+
+def test_no_sliver_of_a_cut_cell_is_smaller_than_the_bundles_minimum(tiny_bundle, monkeypatch):
+    """Cells cut by the canvas edge show at least the bundle's ``min_cut_area`` (the training
+    images' smallest slivers), and cut cells are common, as in a field of view."""
+    synth = Synthesizer(tiny_bundle, device="cpu")
+    yy, xx = np.mgrid[-10:11, -10:11]
+    disk = xx**2 + yy**2 <= 100  # 317 px
+    monkeypatch.setattr(synth, "cell_masks", lambda n, *a, **k: [disk] * n)
+
+    def cut_sizes() -> list[int]:
+        out = []
+        for seed in range(4):
+            params = SynthesisParams(size=(96, 96), cells=8, seed=seed)
+            lab = synth.population(params, *seeded(seed)).labels
+            edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+            sizes = np.bincount(lab.ravel())
+            out += [int(sizes[i]) for i in edge if i]
+        return out
+
+    synth.bundle.meta["cells"]["min_cut_area"] = 150.0
+    assert synth.min_cut_area() == 150
+    sizes = cut_sizes()
+    assert len(sizes) >= 8 and min(sizes) >= 150 and min(sizes) < disk.sum()
+    synth.bundle.meta["cells"].pop("min_cut_area")
+    assert synth.min_cut_area() == 9  # bundles that do not record it
+    assert min(cut_sizes()) < 150

@@ -179,3 +179,18 @@ def test_layout_summary_density_and_touching_fraction():
     assert s["touching_fraction"] == pytest.approx(0.5)
     assert s["density"] == pytest.approx(4 / 5000)
     assert s["cells_per_median_area"] == pytest.approx(4 / 5000 * 100)
+    assert s["cut_fraction"] == pytest.approx(0.75)  # 1, 2 and 4 reach the border
+    assert s["cut_area_p5"] is None  # too few cut cells to tell the smallest slivers
+
+
+def test_cut_cells_and_the_smallest_slivers_a_real_image_shows():
+    from cellsynth.metrics import layout_summary, layout_table
+
+    lab = np.zeros((100, 100), np.uint16)
+    for k in range(12):  # twelve cells cut by the left border, 2 x 4 to 13 x 4 px visible
+        lab[k * 8 : k * 8 + 4, 0 : 2 + k] = k + 1
+    lab[40:50, 40:50] = 13  # a whole cell
+    t = layout_table(lab)
+    assert t["cut"].tolist() == [True] * 12 + [False]
+    s = layout_summary([lab])
+    assert s["cut_area_p5"] == pytest.approx(np.percentile(4 * np.arange(2, 14), 5))

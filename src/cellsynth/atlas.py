@@ -121,14 +121,6 @@ class CellAtlas:
         """Each cell's mean raw intensity (as recorded in bundles for ``--brightness data``)."""
         return [round(float(v), 3) for v in self.table["mean_intensity"] if np.isfinite(v)]
 
-    def whole_cell_areas(self, min_cells: int = 10) -> list[float]:
-        """The areas of the cells the image border does not cut (what synthesis sizes its
-        cells by: it cuts them at the canvas edge itself); all cells' where fewer than
-        ``min_cells`` are whole."""
-        area, cut = self.table["area"], self.table["touches_border"]
-        keep = area[~cut] if np.count_nonzero(~cut) >= min_cells else area
-        return [float(a) for a in keep]
-
     def rows(self) -> list[dict[str, Any]]:
         n = len(self)
         return [{k: _py(v[i]) for k, v in self.table.items()} for i in range(n)]
@@ -209,7 +201,8 @@ def build_atlas(
     """Build the :class:`CellAtlas` of labelled pairs.
 
     ``min_area`` drops specks (pixels, on the crop slice); ``exclude_border`` keeps cells cut by
-    the image border out of the *crops* (their shapes are incomplete) but in the table.
+    the image border out of the crops and the table (their shapes are incomplete), unless every
+    cell of an image touches it.
     """
     pairs = [p for p in pairs if p.has_labels]
     if not pairs:

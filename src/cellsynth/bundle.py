@@ -69,6 +69,9 @@ class CellStats:
     areas: list[float] | None = None  # bundles from before 0.2 lack them
     mean_intensities: list[float] | None = None
     density_3d: float | None = None  # cells per voxel (learn --3d)
+    # the 5th percentile of the areas of training cells cut by the image border (px): the
+    # smallest part of a cut cell a synthetic frame shows
+    min_cut_area: float | None = None
     # per training frame (or slice): background level and its cells' mean brightness, raw
     # units; what a brightness-conditioned texture model is told to paint (newer bundles)
     brightness_frames: list[dict[str, Any]] | None = None
@@ -83,6 +86,7 @@ class CellStats:
             areas=_numbers(d, "cells.areas", where, positive=True, optional=True),
             mean_intensities=_numbers(d, "cells.mean_intensities", where, optional=True),
             density_3d=_float(d, "cells.density_3d", where, lo=0.0, optional=True, strict=True),
+            min_cut_area=_float(d, "cells.min_cut_area", where, lo=0.0, optional=True),
             brightness_frames=_brightness_frames(d, where),
         )
 

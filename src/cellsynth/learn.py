@@ -254,6 +254,7 @@ def _learn(
     elif resume:
         elapsed0 = _restore_legacy(out, trainers, gen, settings.seed)
 
+    layout = layout_summary(slice_labels)
     bundle = GeneratorBundle(
         path=out,
         meta={
@@ -271,14 +272,17 @@ def _learn(
             "cells": {
                 "crop_size": settings.crop_size,
                 "scales": [round(float(s), 4) for s in atlas.table["scale"]],
-                "areas": atlas.whole_cell_areas(),
+                "areas": [float(a) for a in atlas.table["area"]],
                 "mean_intensities": atlas.mean_intensities(),
                 "density": _density(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),
                 "median_area": float(np.median(atlas.table["area"])),
-                # optional key (synthesize reads it with a default): placement reproduces it
-                "touching_fraction": layout_summary(slice_labels)["touching_fraction"],
+                # optional keys (synthesize reads them with defaults): placement reproduces the
+                # touching fraction, and draws no sliver of a cut cell smaller than nearly all
+                # the training images show (None: too few cut cells to tell)
+                "touching_fraction": layout["touching_fraction"],
+                "min_cut_area": layout["cut_area_p5"],
                 # optional: what a brightness-conditioned texture model is told to paint
                 "brightness_frames": [
                     frame_brightness(img, lab).to_dict()

@@ -288,7 +288,14 @@ class Synthesizer:
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
             edge_cut=True,  # a field of view: cells cut by the border, as in the real images
+            min_pixels=self.min_cut_area(),
         )
+
+    def min_cut_area(self) -> int:
+        """The smallest part of a cell cut by the canvas edge that a frame shows: the training
+        images' (5th percentile of their cut cells' areas, as ``learn`` records it), else 9 px."""
+        v = self.bundle.cells.min_cut_area
+        return max(9, round(v)) if v else 9
 
     def touching(self, params: SynthesisParams) -> float:
         """Fraction of cells to touch another: the parameter, else the training data's

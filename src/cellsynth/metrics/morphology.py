@@ -84,14 +84,16 @@ def touching_pairs(labels: np.ndarray, distance: float = TOUCH_DISTANCE) -> np.n
 def layout_table(labels: np.ndarray, distance: float = TOUCH_DISTANCE) -> dict[str, np.ndarray]:
     """Per-cell layout of one label image: ``touching`` (another cell within ``distance`` px),
     ``nn_distance`` (centroid distance to the nearest other cell, px; NaN for a lone cell) and
-    ``nn_ratio`` (that distance over the cell's equivalent diameter — scale-free)."""
+    ``nn_ratio`` (that distance over the cell's equivalent diameter — scale-free) and ``cut``
+    (the cell reaches the image border, so the image shows only part of it)."""
     from scipy import ndimage
     from scipy.spatial import cKDTree
 
     lab = np.asarray(labels)
     ids, areas = np.unique(lab[lab > 0], return_counts=True)
     if ids.size == 0:
-        return {k: np.zeros(0) for k in ("label", "touching", "nn_distance", "nn_ratio", "area")}
+        keys = ("label", "touching", "nn_distance", "nn_ratio", "area", "cut")
+        return {k: np.zeros(0) for k in keys}
     pairs = touching_pairs(lab, distance)
     touching = np.isin(ids, pairs.ravel())
     centres = np.asarray(ndimage.center_of_mass(np.ones(lab.shape), lab, ids), np.float64)
@@ -101,12 +103,16 @@ def layout_table(labels: np.ndarray, distance: float = TOUCH_DISTANCE) -> dict[s
         d, _ = cKDTree(centres).query(centres, k=2)
         nn = d[:, 1]
     diam = 2.0 * np.sqrt(areas / np.pi) if lab.ndim == 2 else (6.0 * areas / np.pi) ** (1 / 3)
+    edge = np.concatenate(
+        [np.take(lab, i, axis=ax).ravel() for ax in range(lab.ndim) for i in (0, -1)]
+    )
     return {
         "label": ids,
         "touching": touching,
         "nn_distance": nn,
         "nn_ratio": nn / diam,
         "area": areas.astype(np.float64),
+        "cut": np.isin(ids, edge),
     }
 
 
@@ -115,8 +121,10 @@ def layout_summary(
 ) -> dict[str, Any]:
     """Layout of a set of label images: the fraction of cells touching another (within
     ``distance`` px), nearest-neighbour distances (px and over the cell's diameter: median and
-    quartiles), density (cells per pixel, and cells per median cell area — scale-free) and the
-    foreground fraction."""
+    quartiles), density (cells per pixel, and cells per median cell area — scale-free), the
+    foreground fraction, the fraction of cells the image border cuts and the 5th percentile of
+    their areas (``cut_area_p5``, px; None with fewer than 10 cut cells): the smallest slivers a
+    real image shows."""
     tabs = [layout_table(lab, distance) for lab in label_images]
     n = sum(len(t["label"]) for t in tabs)
     pixels = float(sum(np.asarray(lab).size for lab in label_images))
@@ -136,4 +144,8 @@ def layout_summary(
         "density": n / max(pixels, 1.0),
         "cells_per_median_area": n / max(pixels, 1.0) * float(np.median(cat["area"])),
         "foreground_fraction": fg / max(pixels, 1.0),
+        "cut_fraction": float(cat["cut"].mean()),
+        "cut_area_p5": (
+            float(np.percentile(cat["area"][cat["cut"]], 5)) if cat["cut"].sum() >= 10 else None
+        ),
     }
