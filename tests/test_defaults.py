@@ -70,6 +70,17 @@ def test_cellsynth_learn_trains_with_the_learn_defaults(name):
     assert getattr(settings, name) == default(LearnSettings, name)
 
 
+def test_the_demo_defaults_are_run_demos():
+    import inspect
+
+    from cellsynth.demo import run_demo
+
+    args = build_parser().parse_args(["demo"])
+    sig = inspect.signature(run_demo).parameters
+    assert args.n == sig["n"].default == 6
+    assert tuple(args.size) == sig["size"].default == (360, 360)
+
+
 def test_learn_quality_preset_and_explicit_options():
     from cellsynth.cli import learn_settings
 

@@ -971,8 +971,16 @@ def _demo_parser(sub: Any) -> None:
         default=Path("cellsynth-demo"),
         help="output folder (default ./cellsynth-demo, a new name if it exists)",
     )
-    p.add_argument("-n", type=int, default=4, help="number of pairs (default 4)")
-    p.add_argument("--size", type=int, nargs=2, default=[256, 256], metavar=("H", "W"))
+    # the built-in images' size, and cells enough (~150) for the layout figures to compare
+    p.add_argument("-n", type=int, default=6, help="number of pairs (default 6)")
+    p.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[360, 360],
+        metavar=("H", "W"),
+        help="pair size (default 360 360, the built-in real images' size)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_demo)

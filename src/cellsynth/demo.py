@@ -28,8 +28,8 @@ def _fresh(path: Path) -> Path:
 def run_demo(
     output: str | Path = "cellsynth-demo",
     *,
-    n: int = 4,
-    size: tuple[int, int] = (256, 256),
+    n: int = 6,
+    size: tuple[int, int] = (360, 360),
     seed: int = 0,
     device: str = "auto",
 ) -> dict[str, Any]:

@@ -80,6 +80,7 @@ def place_cells(
     occupied = np.zeros(shape, bool)
     centres: list[np.ndarray] = []
     halves: list[np.ndarray] = []
+    shown: list[bool] = []  # at least half of the cell is on the canvas
     rows: dict[str, list] = {"label": [], "clustered": [], "touching": [], "area": []}
     for a in "zyx"[-nd:]:
         rows[f"centroid_{a}"] = []
@@ -95,6 +96,7 @@ def place_cells(
         _paste(occupied, grown, corner - gap, True)
         centres.append(centre)
         halves.append(half)
+        shown.append(2 * area >= int(m.sum()))
         rows["label"].append(lab)
         rows["clustered"].append(clustered)
         rows["touching"].append(touch)
@@ -119,7 +121,8 @@ def place_cells(
             free_axes[:] = 1.0
         contact = None
         if touch:
-            lonely = [j for j, t in enumerate(rows["touching"]) if not t]
+            # a partner mostly beyond the canvas edge leaves little room for a contact on it
+            lonely = [j for j, t in enumerate(rows["touching"]) if not t and shown[j]]
             contact = _contact(
                 labels,
                 m,
@@ -167,10 +170,14 @@ def place_cells(
 def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_inside, min_pixels):
     """A centre where ``m`` meets a placed cell without overlapping any: along a random
     direction from a random partner, start just beyond both cells' radii and step half a pixel
-    closer until the next would overlap. (centre, partner index) or None."""
+    closer until the next would overlap; the two must meet on the canvas (a contact beyond its
+    edge would show two apart cells). (centre, partner index) or None."""
+    from scipy import ndimage
+
     nd = labels.ndim
     half = np.array(m.shape) / 2.0
     partners = list(partners)
+    ring = ndimage.binary_dilation(np.pad(m, 1))  # m grown by one pixel, at corner - 1
     for _ in range(tries):
         j = partners[rng.integers(len(partners))]
         d = rng.normal(size=nd) * free_axes
@@ -190,7 +197,10 @@ def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_in
         else:
             last = None  # slid through without meeting anything (an empty partner crop)
         if last is not None and dist < r_old + r_new + 2.0:
-            return last, j
+            corner = np.rint(last - half).astype(int) - 1
+            w = _window(labels.shape, corner, ring.shape)
+            if w is not None and np.any((labels[w[0]] == j + 1) & ring[w[1]]):
+                return last, j
     return None
 
 
