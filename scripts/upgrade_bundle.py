@@ -4,9 +4,11 @@
 
 * ``cells.mean_intensities``: the mean intensity of every training cell, which
   ``synthesize --brightness data`` draws from (bundles from before session 3 lack it);
-* ``cells.touching_fraction`` and ``cells.min_cut_area``: the fraction of training cells that
-  touch another, and the 5th percentile of the areas of the cells the image border cuts (no
-  synthetic frame shows a smaller sliver of a cell cut by its edge);
+* ``cells.touching_fraction``, ``cells.min_cut_area`` and ``cells.edge_cut``: the fraction of
+  training cells that touch another; the 5th percentile of the areas of the cells the image
+  border cuts (no synthetic frame shows a smaller sliver of a cell cut by its edge); how often a
+  synthetic cell may overhang the canvas edge so that frames show the training frames' share of
+  cut cells;
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
   elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
   (docs/synthesis.md, "Cell shapes").
@@ -26,8 +28,11 @@ from pathlib import Path
 from cellsynth.atlas import build_atlas
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import labelled_slices, read_pairs, write_json
+from cellsynth.learn import data_edge_cut
 from cellsynth.masks import mask_config
 from cellsynth.metrics import layout_summary
+
+NEW = ("touching_fraction", "min_cut_area", "edge_cut")
 
 
 def main() -> int:
@@ -46,16 +51,18 @@ def main() -> int:
     if args.output.exists():
         raise CellsynthInputError("exists; choose a new folder", args.output)
     shutil.copytree(args.bundle, args.output, ignore=shutil.ignore_patterns("training_state"))
-    layout = layout_summary([lab for p in pairs for _, _, lab in labelled_slices(p)])
+    slices = [lab for p in pairs for _, _, lab in labelled_slices(p)]
+    layout = layout_summary(slices)
     new = mask_config()
     meta["cells"]["mean_intensities"] = atlas.mean_intensities()
     meta["cells"]["touching_fraction"] = layout["touching_fraction"]
     meta["cells"]["min_cut_area"] = layout["cut_area_p5"]
+    meta["cells"]["edge_cut"] = data_edge_cut(atlas, layout, slices)
     meta["mask_config"]["sampler"] = new.sampler
     meta["mask_config"]["sampling_steps"] = new.sampling_steps
     meta["derived_from"] = str(args.bundle)
     write_json(args.output / "bundle.json", meta)
-    print(json.dumps({"bundle": str(args.output), "min_cut_area": layout["cut_area_p5"]}))
+    print(json.dumps({"bundle": str(args.output), **{k: meta["cells"][k] for k in NEW}}))
     return 0
 
 

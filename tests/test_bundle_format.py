@@ -82,6 +82,7 @@ def test_a_saved_bundle_is_the_current_format_and_round_trips(copy):
         (lambda m: m.update(texture3d={"rho": -1}), "texture3d.rho", ">= 0"),
         (lambda m: m["mask_config"].update(sampler="euler"), "mask_config.sampler", "unipc"),
         (lambda m: m["cells"].update(min_cut_area=-3), "cells.min_cut_area", ">= 0"),
+        (lambda m: m["cells"].update(edge_cut=1.5), "cells.edge_cut", "from 0.0 to 1.0"),
     ],
 )
 def test_absurd_values_give_one_line_naming_the_file_key_and_expectation(copy, edit, key, expected):

@@ -1,7 +1,8 @@
 """Synthesis from the built-in bundle gives the same pairs for the same seeds as before the
 bundle/training refactor (fixture written by the code at commit bcdd13d; rewritten in December
-2026 when 2D placement began to cut cells at the canvas edge and masks were smoothed over one
-model pixel and a quarter, two deliberate changes of the pairs). The bundle is the one
+2026 when masks began to be smoothed over 1.25 model pixels instead of 0.6, a deliberate change
+of the pairs; this bundle records no ``edge_cut``, so its cells are placed as before). The
+bundle is the one
 that was built in then (tests/fixtures/bundle_dsb2018_v05; the built-in bundle has since been
 given the brightness condition).
 

@@ -329,6 +329,7 @@ def test_no_sliver_of_a_cut_cell_is_smaller_than_the_bundles_minimum(tiny_bundle
     yy, xx = np.mgrid[-10:11, -10:11]
     disk = xx**2 + yy**2 <= 100  # 317 px
     monkeypatch.setattr(synth, "cell_masks", lambda n, *a, **k: [disk] * n)
+    synth.bundle.meta["cells"]["edge_cut"] = 1.0  # a field of view
 
     def cut_sizes() -> list[int]:
         out = []
@@ -347,3 +348,8 @@ def test_no_sliver_of_a_cut_cell_is_smaller_than_the_bundles_minimum(tiny_bundle
     synth.bundle.meta["cells"].pop("min_cut_area")
     assert synth.min_cut_area() == 9  # bundles that do not record it
     assert min(cut_sizes()) < 150
+
+
+def test_a_2d_bundle_records_how_often_its_cells_are_cut_by_the_border(tiny_bundle):
+    cells = GeneratorBundle.load(tiny_bundle).cells
+    assert cells.edge_cut is not None and 0.0 <= cells.edge_cut <= 1.0

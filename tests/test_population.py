@@ -126,7 +126,7 @@ def test_with_edge_cut_touching_cells_meet_on_the_canvas():
     for seed in range(20):
         rng = np.random.default_rng(seed)
         masks = [_disk(int(r)) for r in rng.integers(8, 14, 10)]
-        pop = place_cells(masks, (64, 64), touch_prob=1.0, rng=rng, edge_cut=True)
+        pop = place_cells(masks, (64, 64), touch_prob=1.0, rng=rng, edge_cut=1.0)
         lab = pop.labels
         for i in np.flatnonzero(pop.table["touching"]) + 1:
             others = set(np.unique(lab[ndimage.binary_dilation(lab == i, ring)])) - {0, int(i)}
@@ -187,10 +187,10 @@ def test_edge_cut_places_cells_across_the_border_as_a_field_of_view_does():
     masks = [_disk(10)] * 12
     shares: dict[bool, list[float]] = {False: [], True: []}
     sizes: dict[bool, list[int]] = {False: [], True: []}
-    for seed in range(6):
+    for seed in range(24):
         for edge_cut in (False, True):
             rng = np.random.default_rng(seed)
-            pop = place_cells(masks, (200, 200), rng=rng, edge_cut=edge_cut)
+            pop = place_cells(masks, (200, 200), rng=rng, edge_cut=1.0 if edge_cut else None)
             assert pop.n_cells == 12
             share, cut_sizes = _border_share(pop)
             shares[edge_cut].append(share)
@@ -206,5 +206,36 @@ def test_edge_cut_places_cells_across_the_border_as_a_field_of_view_does():
 def test_edge_cut_is_for_2d_canvases():
     with pytest.raises(CellsynthInputError, match="2D"):
         place_cells(
-            [np.ones((3, 9, 9), bool)], (8, 64, 64), rng=np.random.default_rng(2), edge_cut=True
+            [np.ones((3, 9, 9), bool)], (8, 64, 64), rng=np.random.default_rng(2), edge_cut=1.0
         )
+
+
+def test_edge_cut_zero_keeps_every_cell_wholly_inside_and_refuses_bad_values():
+    masks = [_disk(10)] * 12
+    for seed in range(4):
+        pop = place_cells(masks, (160, 160), rng=np.random.default_rng(seed), edge_cut=0.0)
+        assert pop.n_cells == 12
+        assert np.all(pop.table["area"] == _disk(10).sum())  # no cell is cut
+    with pytest.raises(CellsynthInputError, match="edge cut"):
+        place_cells(masks, (160, 160), rng=np.random.default_rng(0), edge_cut=1.5)
+
+
+def test_edge_cut_probability_matches_the_datas_share_of_cut_cells():
+    from cellsynth.population import edge_cut_probability
+
+    diameters = [20.0] * 50
+    density = 12 / 160**2
+    assert edge_cut_probability(0.0, (160, 160), diameters, density) == 0.0
+    assert edge_cut_probability(0.9, (160, 160), diameters, density) == 1.0  # a field of view
+    half = edge_cut_probability(0.13, (160, 160), diameters, density)
+    assert 0.3 < half < 0.8
+    # synthetic frames placed with it show about the data's share of cut cells
+    cut = total = 0
+    for seed in range(30):
+        pop = place_cells(
+            [_disk(10)] * 12, (160, 160), rng=np.random.default_rng(seed), edge_cut=half
+        )
+        share, sizes = _border_share(pop)
+        cut += len(sizes)
+        total += pop.n_cells
+    assert abs(cut / total - 0.13) < 0.05

@@ -72,6 +72,9 @@ class CellStats:
     # the 5th percentile of the areas of training cells cut by the image border (px): the
     # smallest part of a cut cell a synthetic frame shows
     min_cut_area: float | None = None
+    # how often a synthetic cell may overhang the canvas edge (place_cells' edge_cut; 2D bundles
+    # from December 2026): the training frames' share of cut cells over a field of view's
+    edge_cut: float | None = None
     # per training frame (or slice): background level and its cells' mean brightness, raw
     # units; what a brightness-conditioned texture model is told to paint (newer bundles)
     brightness_frames: list[dict[str, Any]] | None = None
@@ -87,6 +90,7 @@ class CellStats:
             mean_intensities=_numbers(d, "cells.mean_intensities", where, optional=True),
             density_3d=_float(d, "cells.density_3d", where, lo=0.0, optional=True, strict=True),
             min_cut_area=_float(d, "cells.min_cut_area", where, lo=0.0, optional=True),
+            edge_cut=_float(d, "cells.edge_cut", where, lo=0.0, hi=1.0, optional=True),
             brightness_frames=_brightness_frames(d, where),
         )
 
@@ -378,6 +382,7 @@ def _float(
     where: Path,
     *,
     lo: float,
+    hi: float | None = None,
     strict: bool = False,
     optional: bool = False,
 ) -> Any:
@@ -389,11 +394,13 @@ def _float(
         and not isinstance(v, bool)
         and np.isfinite(v)
         and (v > lo if strict else v >= lo)
+        and (hi is None or v <= hi)
     )
     if not ok:
-        raise _bad(
-            where, key, f"a number {'>' if strict else '>='} {lo}", None if v is _MISSING else v
-        )
+        expected = f"a number {'>' if strict else '>='} {lo}"
+        if hi is not None:
+            expected = f"a number from {lo} to {hi}"
+        raise _bad(where, key, expected, None if v is _MISSING else v)
     return float(v)
 
 

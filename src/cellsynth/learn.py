@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellsynth.atlas import build_atlas
+from cellsynth.atlas import CellAtlas, build_atlas
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded
 from cellsynth.diffusion.core import DiffusionConfig, build_unet, load_widened
@@ -43,6 +43,7 @@ from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.locks import folder_lock
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
 from cellsynth.metrics import background_summary, layout_summary
+from cellsynth.population import edge_cut_probability
 from cellsynth.preview import write_progress
 from cellsynth.settings import LearnSettings
 from cellsynth.texture import TextureTiles, frame_brightness, texture_config
@@ -103,6 +104,23 @@ def _density(pairs: Sequence[Pair], n_cells: int) -> float:
             zs = p.annotated_slices or range(lab.shape[0])
             area += len(list(zs)) * lab.shape[1] * lab.shape[2]
     return n_cells / max(area, 1.0)
+
+
+def data_edge_cut(
+    atlas: CellAtlas, layout: dict[str, Any], slices: Sequence[np.ndarray]
+) -> float | None:
+    """How often synthetic cells may overhang the canvas edge so that frames show the training
+    frames' share of cells cut by the border (``layout``: their :func:`layout_summary`; 2D
+    data; None for 3D)."""
+    if atlas.ndim != 2 or not slices:
+        return None
+    return edge_cut_probability(
+        layout["cut_fraction"],
+        slices[0].shape,
+        diameters=2.0 * np.sqrt(np.asarray(atlas.table["area"], np.float64) / np.pi),
+        density=layout["density"],
+        min_pixels=round(layout["cut_area_p5"] or 9),
+    )
 
 
 def auto_tile(diameter: float, batch: int, base: int = 64) -> tuple[int, int]:
@@ -283,6 +301,7 @@ def _learn(
                 # the training images show (None: too few cut cells to tell)
                 "touching_fraction": layout["touching_fraction"],
                 "min_cut_area": layout["cut_area_p5"],
+                "edge_cut": data_edge_cut(atlas, layout, slice_labels),
                 # optional: what a brightness-conditioned texture model is told to paint
                 "brightness_frames": [
                     frame_brightness(img, lab).to_dict()

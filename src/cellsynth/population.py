@@ -49,7 +49,7 @@ def place_cells(
     max_tries: int = 60,
     min_inside: float = 0.5,
     touch_prob: float = 0.0,
-    edge_cut: bool = False,
+    edge_cut: float | None = None,
     min_pixels: int = 9,
 ) -> Population:
     """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``.
@@ -60,11 +60,12 @@ def place_cells(
     nuclei do in real images. Other cells keep ``gap`` pixels from everything.
 
     A cell keeps ``min_inside`` of its pixels on the canvas. With ``edge_cut`` (2D) the canvas is
-    a field of view cut out of a larger sample, as a microscope image is: cells are centred
-    anywhere on the canvas grown by half a cell on each side and kept
-    when ``min_pixels`` of them are inside, so the border holds cut cells and slivers as often
-    as a real image does (the built-in images: 36 % of the cells touch the border, the smallest
-    tenth of those under 116 px; placement with ``min_inside`` 0.5: 23 %, 903 px).
+    a field of view cut out of a larger sample, as a microscope image is: with probability
+    ``edge_cut`` a cell is centred anywhere on the canvas grown by half a cell on each side and
+    kept when ``min_pixels`` of it are inside, otherwise it lies wholly inside the canvas. 1 cuts
+    cells at the border as often as a field of view does (the built-in images: 36 % of the cells
+    touch the border; placement with ``min_inside`` 0.5: 23 %); data whose annotated frames hold
+    few cut cells (GOWT1: 1 %) ask for less (:func:`edge_cut_probability`).
     """
     from scipy import ndimage
 
@@ -85,10 +86,10 @@ def place_cells(
     for a in "zyx"[-nd:]:
         rows[f"centroid_{a}"] = []
     struct = ndimage.generate_binary_structure(nd, 1)
-    if edge_cut and nd != 2:
+    if edge_cut is not None and nd != 2:
         raise CellsynthInputError("edge_cut places cells on 2D canvases only")
-    if edge_cut:
-        min_inside = 0.0
+    if edge_cut is not None and not 0.0 <= edge_cut <= 1.0:
+        raise CellsynthInputError(f"edge cut probability must be in [0, 1], got {edge_cut}")
 
     def _add(m, grown, half, centre, corner, *, clustered=False, touch=False) -> None:
         lab = len(rows["label"]) + 1
@@ -113,6 +114,12 @@ def place_cells(
         half = np.array(m.shape) / 2.0
         grown = ndimage.binary_dilation(np.pad(m, gap), struct, iterations=gap) if gap else m
         touch = bool(centres) and touch_prob > 0 and rng.random() < touch_prob
+        # a field of view: this cell may overhang the edge (else it lies wholly inside)
+        inside = min_inside
+        overhang = False
+        if edge_cut is not None:
+            overhang = bool(rng.random() < edge_cut)
+            inside = 0.0 if overhang else 1.0
         clustered = bool(centres) and not touch and rng.random() < cluster_prob
         # neighbours are sought along the axes where the canvas has room for the cell (in a
         # stack thinner than the cells, beside them, not above)
@@ -132,7 +139,7 @@ def place_cells(
                 free_axes,
                 rng,
                 max_tries // 2,
-                min_inside,
+                inside,
                 min_pixels,
             )
         if contact is not None:
@@ -154,10 +161,15 @@ def place_cells(
                 dist = r_old + r_new + gap + rng.uniform(0, band * r_new)
                 centre = centres[j] + d * dist
             else:
-                lo = np.where(edge_cut & (free_axes > 0), -half, 0.0)
+                # centres over the canvas; grown by half the cell (overhang) or shrunk by it
+                # (wholly inside, where the cell fits) in a field of view
+                lo = np.zeros(nd)
+                if edge_cut is not None:
+                    fits = free_axes > 0
+                    lo = np.where(fits, -half if overhang else half, 0.0)
                 centre = lo + rng.uniform(0, 1, nd) * (np.array(shape) - 2 * lo)
             corner = np.rint(centre - half).astype(int)
-            if _fits(occupied, grown, corner - gap, m, corner, min_inside, min_pixels):
+            if _fits(occupied, grown, corner - gap, m, corner, inside, min_pixels):
                 _add(m, grown, half, centre, corner, clustered=clustered)
                 break
     placed = len(rows["label"])
@@ -246,6 +258,41 @@ def _paste(canvas: np.ndarray, patch: np.ndarray, corner: np.ndarray, value) -> 
     cw, pw = w
     canvas[cw][patch[pw]] = value
     return int(patch[pw].sum())
+
+
+def edge_cut_probability(
+    cut_fraction: float,
+    frame_shape: Sequence[int],
+    diameters: Sequence[float],
+    density: float,
+    min_pixels: int = 9,
+    frames: int = 8,
+) -> float:
+    """The ``edge_cut`` of :func:`place_cells` under which synthetic frames show a data set's
+    fraction of cells cut by the image border: that fraction over the one a field of view shows,
+    measured by placing disks of the data's cell diameters (drawn from ``diameters``) at its
+    density on frames of its size with ``edge_cut`` 1 (1 when the data show as many cut cells as
+    a field of view or more)."""
+    h, w = (int(v) for v in frame_shape[-2:])
+    diameters = np.asarray(diameters, np.float64)
+    diameters = diameters[np.isfinite(diameters) & (diameters > 0)]
+    if diameters.size == 0:
+        return 1.0
+    n = max(1, round(density * h * w))
+    rng = np.random.default_rng(0)
+    cut = total = 0
+    for _ in range(frames):
+        disks = []
+        for d in rng.choice(diameters, size=n):
+            r = max(d / 2.0, 1.0)
+            y, x = np.mgrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
+            disks.append(x * x + y * y <= r * r)
+        lab = place_cells(disks, (h, w), rng=rng, edge_cut=1.0, min_pixels=min_pixels).labels
+        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+        cut += int(np.count_nonzero(edge))
+        total += int(lab.max())
+    field_of_view = cut / max(total, 1)
+    return float(np.clip(cut_fraction / field_of_view, 0.0, 1.0)) if field_of_view > 0 else 1.0
 
 
 def cells_for_canvas(density: float, shape: Sequence[int], rng: np.random.Generator) -> int:

@@ -287,7 +287,9 @@ class Synthesizer:
             cluster_prob=params.cluster_prob,
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
-            edge_cut=True,  # a field of view: cells cut by the border, as in the real images
+            # cells cut by the border as often as in the training frames (older bundles: None,
+            # half of each cell inside)
+            edge_cut=self.bundle.cells.edge_cut,
             min_pixels=self.min_cut_area(),
         )
 
