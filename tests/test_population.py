@@ -235,7 +235,7 @@ def test_edge_cut_probability_matches_the_datas_share_of_cut_cells():
         pop = place_cells(
             [_disk(10)] * 12, (160, 160), rng=np.random.default_rng(seed), edge_cut=half
         )
-        share, sizes = _border_share(pop)
+        _share, sizes = _border_share(pop)
         cut += len(sizes)
         total += pop.n_cells
     assert abs(cut / total - 0.13) < 0.05
