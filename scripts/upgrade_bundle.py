@@ -28,11 +28,8 @@ from pathlib import Path
 from cellsynth.atlas import build_atlas
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import labelled_slices, read_pairs, write_json
-from cellsynth.learn import data_edge_cut
+from cellsynth.learn import layout_record
 from cellsynth.masks import mask_config
-from cellsynth.metrics import layout_summary
-
-NEW = ("touching_fraction", "min_cut_area", "edge_cut")
 
 
 def main() -> int:
@@ -52,17 +49,15 @@ def main() -> int:
         raise CellsynthInputError("exists; choose a new folder", args.output)
     shutil.copytree(args.bundle, args.output, ignore=shutil.ignore_patterns("training_state"))
     slices = [lab for p in pairs for _, _, lab in labelled_slices(p)]
-    layout = layout_summary(slices)
     new = mask_config()
     meta["cells"]["mean_intensities"] = atlas.mean_intensities()
-    meta["cells"]["touching_fraction"] = layout["touching_fraction"]
-    meta["cells"]["min_cut_area"] = layout["cut_area_p5"]
-    meta["cells"]["edge_cut"] = data_edge_cut(atlas, layout, slices)
+    record = layout_record(atlas, slices)
+    meta["cells"].update(record)
     meta["mask_config"]["sampler"] = new.sampler
     meta["mask_config"]["sampling_steps"] = new.sampling_steps
     meta["derived_from"] = str(args.bundle)
     write_json(args.output / "bundle.json", meta)
-    print(json.dumps({"bundle": str(args.output), **{k: meta["cells"][k] for k in NEW}}))
+    print(json.dumps({"bundle": str(args.output), **record}))
     return 0
 
 

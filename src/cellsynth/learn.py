@@ -43,7 +43,7 @@ from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.locks import folder_lock
 from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
 from cellsynth.metrics import background_summary, layout_summary
-from cellsynth.population import edge_cut_probability
+from cellsynth.population import MIN_CUT_PIXELS, edge_cut_probability
 from cellsynth.preview import write_progress
 from cellsynth.settings import LearnSettings
 from cellsynth.texture import TextureTiles, frame_brightness, texture_config
@@ -106,21 +106,27 @@ def _density(pairs: Sequence[Pair], n_cells: int) -> float:
     return n_cells / max(area, 1.0)
 
 
-def data_edge_cut(
-    atlas: CellAtlas, layout: dict[str, Any], slices: Sequence[np.ndarray]
-) -> float | None:
-    """How often synthetic cells may overhang the canvas edge so that frames show the training
-    frames' share of cells cut by the border (``layout``: their :func:`layout_summary`; 2D
-    data; None for 3D)."""
-    if atlas.ndim != 2 or not slices:
-        return None
-    return edge_cut_probability(
-        layout["cut_fraction"],
-        slices[0].shape,
-        diameters=2.0 * np.sqrt(np.asarray(atlas.table["area"], np.float64) / np.pi),
-        density=layout["density"],
-        min_pixels=round(layout["cut_area_p5"] or 9),
-    )
+def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The bundle's optional placement keys (synthesize reads them with defaults), from the
+    training label images ``slices``: the touching fraction placement reproduces; the smallest
+    sliver of a cut cell nearly all the training images show (``min_cut_area``; None: too few
+    cut cells to tell); and how often a synthetic cell may overhang the canvas edge so that
+    frames show the training frames' share of cut cells (``edge_cut``; 2D only, None for 3D)."""
+    layout = layout_summary(slices)
+    edge_cut = None
+    if atlas.ndim == 2 and slices:
+        edge_cut = edge_cut_probability(
+            layout["cut_fraction"],
+            slices[0].shape,
+            diameters=2.0 * np.sqrt(np.asarray(atlas.table["area"], np.float64) / np.pi),
+            density=layout["density"],
+            min_pixels=round(layout["cut_area_p5"] or MIN_CUT_PIXELS),
+        )
+    return {
+        "touching_fraction": layout["touching_fraction"],
+        "min_cut_area": layout["cut_area_p5"],
+        "edge_cut": edge_cut,
+    }
 
 
 def auto_tile(diameter: float, batch: int, base: int = 64) -> tuple[int, int]:
@@ -272,7 +278,6 @@ def _learn(
     elif resume:
         elapsed0 = _restore_legacy(out, trainers, gen, settings.seed)
 
-    layout = layout_summary(slice_labels)
     bundle = GeneratorBundle(
         path=out,
         meta={
@@ -296,12 +301,7 @@ def _learn(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),
                 "median_area": float(np.median(atlas.table["area"])),
-                # optional keys (synthesize reads them with defaults): placement reproduces the
-                # touching fraction, and draws no sliver of a cut cell smaller than nearly all
-                # the training images show (None: too few cut cells to tell)
-                "touching_fraction": layout["touching_fraction"],
-                "min_cut_area": layout["cut_area_p5"],
-                "edge_cut": data_edge_cut(atlas, layout, slice_labels),
+                **layout_record(atlas, slice_labels),
                 # optional: what a brightness-conditioned texture model is told to paint
                 "brightness_frames": [
                     frame_brightness(img, lab).to_dict()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from cellsynth.errors import CellsynthInputError
+from cellsynth.metrics.morphology import border_labels
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,11 @@ def label_dtype(n: int) -> np.dtype:
     return np.dtype(np.uint16 if n <= np.iinfo(np.uint16).max else np.uint32)
 
 
+#: the smallest part of a cell cut by the canvas edge that is drawn, unless a bundle records the
+#: training images' own (``cells.min_cut_area``); the atlas' smallest cell
+MIN_CUT_PIXELS = 9
+
+
 def place_cells(
     masks: Sequence[np.ndarray],
     shape: Sequence[int],
@@ -50,7 +56,7 @@ def place_cells(
     min_inside: float = 0.5,
     touch_prob: float = 0.0,
     edge_cut: float | None = None,
-    min_pixels: int = 9,
+    min_pixels: int = MIN_CUT_PIXELS,
 ) -> Population:
     """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``.
 
@@ -265,7 +271,7 @@ def edge_cut_probability(
     frame_shape: Sequence[int],
     diameters: Sequence[float],
     density: float,
-    min_pixels: int = 9,
+    min_pixels: int = MIN_CUT_PIXELS,
     frames: int = 8,
 ) -> float:
     """The ``edge_cut`` of :func:`place_cells` under which synthetic frames show a data set's
@@ -288,8 +294,7 @@ def edge_cut_probability(
             y, x = np.mgrid[-int(r) : int(r) + 1, -int(r) : int(r) + 1]
             disks.append(x * x + y * y <= r * r)
         lab = place_cells(disks, (h, w), rng=rng, edge_cut=1.0, min_pixels=min_pixels).labels
-        edge = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
-        cut += int(np.count_nonzero(edge))
+        cut += len(border_labels(lab))
         total += int(lab.max())
     field_of_view = cut / max(total, 1)
     return float(np.clip(cut_fraction / field_of_view, 0.0, 1.0)) if field_of_view > 0 else 1.0

@@ -28,7 +28,13 @@ from cellsynth.device import seeded, select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
-from cellsynth.population import Population, cells_for_canvas, place_cells, touch_prob
+from cellsynth.population import (
+    MIN_CUT_PIXELS,
+    Population,
+    cells_for_canvas,
+    place_cells,
+    touch_prob,
+)
 from cellsynth.texture import (
     FrameBrightness,
     brightness_conditioned,
@@ -295,9 +301,10 @@ class Synthesizer:
 
     def min_cut_area(self) -> int:
         """The smallest part of a cell cut by the canvas edge that a frame shows: the training
-        images' (5th percentile of their cut cells' areas, as ``learn`` records it), else 9 px."""
+        images' (5th percentile of their cut cells' areas, as ``learn`` records it), else
+        :data:`~cellsynth.population.MIN_CUT_PIXELS`."""
         v = self.bundle.cells.min_cut_area
-        return max(9, round(v)) if v else 9
+        return max(MIN_CUT_PIXELS, round(v)) if v else MIN_CUT_PIXELS
 
     def touching(self, params: SynthesisParams) -> float:
         """Fraction of cells to touch another: the parameter, else the training data's

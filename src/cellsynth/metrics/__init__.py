@@ -21,6 +21,7 @@ from cellsynth.metrics.learned import (
 )
 from cellsynth.metrics.morphology import (
     TOUCH_DISTANCE,
+    border_labels,
     layout_summary,
     layout_table,
     realism_distances,
@@ -62,6 +63,7 @@ __all__ = [
     "average_precision",
     "background_stats",
     "background_summary",
+    "border_labels",
     "classifier_two_sample_test",
     "compare_frames",
     "evaluate_datasets",

@@ -81,6 +81,17 @@ def touching_pairs(labels: np.ndarray, distance: float = TOUCH_DISTANCE) -> np.n
     return np.unique(np.concatenate(found), axis=0)
 
 
+def border_labels(labels: np.ndarray) -> np.ndarray:
+    """The labels (> 0) of the cells that reach the border of a label image: cut cells."""
+    lab = np.asarray(labels)
+    edge = np.unique(
+        np.concatenate(
+            [np.take(lab, i, axis=ax).ravel() for ax in range(lab.ndim) for i in (0, -1)]
+        )
+    )
+    return edge[edge > 0]
+
+
 def layout_table(labels: np.ndarray, distance: float = TOUCH_DISTANCE) -> dict[str, np.ndarray]:
     """Per-cell layout of one label image: ``touching`` (another cell within ``distance`` px),
     ``nn_distance`` (centroid distance to the nearest other cell, px; NaN for a lone cell) and
@@ -103,16 +114,13 @@ def layout_table(labels: np.ndarray, distance: float = TOUCH_DISTANCE) -> dict[s
         d, _ = cKDTree(centres).query(centres, k=2)
         nn = d[:, 1]
     diam = 2.0 * np.sqrt(areas / np.pi) if lab.ndim == 2 else (6.0 * areas / np.pi) ** (1 / 3)
-    edge = np.concatenate(
-        [np.take(lab, i, axis=ax).ravel() for ax in range(lab.ndim) for i in (0, -1)]
-    )
     return {
         "label": ids,
         "touching": touching,
         "nn_distance": nn,
         "nn_ratio": nn / diam,
         "area": areas.astype(np.float64),
-        "cut": np.isin(ids, edge),
+        "cut": np.isin(ids, border_labels(lab)),
     }
 
 
