@@ -182,6 +182,79 @@ def test_a_budget_lowers_epochs_and_a_hopeless_budget_is_refused(tmp_path):
     assert 10 <= rec["epochs"] <= 40
 
 
+def _ladder_config(tmp_path, **convergence) -> Path:
+    c = tiny_config(rows=[{"name": "real"}, {"name": "both", "synthetic": 2, "p_real": 0.5}])
+    c["convergence"] = {"row": "real", **convergence}
+    return _write(tmp_path, c)
+
+
+def test_a_convergence_ladder_trains_every_row_at_the_baselines_budget(tmp_path):
+    """``convergence`` with a tolerance no change meets: the baseline doubles 1 → 2 → 4 epochs,
+    is marked not converged, and every row trains at 4 epochs; the baseline's row is the
+    ladder's model (a copy, not a fourth training); a rerun trains nothing."""
+    cfg = _ladder_config(tmp_path, start_epochs=1, max_epochs=5, tolerance=0.0)
+    out = tmp_path / "out"
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
+    decision = json.loads((out / "convergence" / "decision.json").read_text())
+    assert [r["epochs"] for r in decision["ladder"]] == [1, 2, 4]
+    assert decision["epochs"] == 4 and decision["converged"] is False
+    res = json.loads((out / "results.json").read_text())
+    assert {n: r["epochs"] for n, r in res["rows"].items()} == {"real": 4, "both": 4}
+    ladder_model = out / "convergence" / "models" / "real@4"
+    assert (out / "models" / "real").read_bytes() == ladder_model.read_bytes()
+    assert res["rows"]["real"]["SEG"] == decision["ladder"][-1]["SEG"]
+    md = (out / "results.md").read_text()
+    assert "**not converged**" in md and "| 4 |" in md and "Budget per row: 4 epochs" in md
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+
+
+def test_a_converged_ladder_stops_and_a_sweep_picks_the_learning_rate_for_every_row(tmp_path):
+    """Any SEG change is below a tolerance of 1: the ladder stops at the first doubling and
+    keeps the start budget; the learning rate of the sweep's best SEG trains every row."""
+    cfg = _ladder_config(tmp_path, start_epochs=1, max_epochs=8, tolerance=1.0,
+                         learning_rates=[0.002, 0.02])  # fmt: skip
+    out = tmp_path / "out"
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
+    decision = json.loads((out / "convergence" / "decision.json").read_text())
+    assert [r["learning_rate"] for r in decision["sweep"]] == [0.002, 0.02]
+    best = max(decision["sweep"], key=lambda r: r["SEG"])["learning_rate"]
+    assert decision["learning_rate"] == best and decision["converged"] is True
+    assert [r["epochs"] for r in decision["ladder"]] == [1, 2] and decision["epochs"] == 1
+    res = json.loads((out / "results.json").read_text())
+    assert {r["learning_rate"] for r in res["rows"].values()} == {best}
+    assert {r["epochs"] for r in res["rows"].values()} == {1}
+    assert "Learning-rate sweep" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("convergence", "expected"),
+    [
+        ({"row": "both"}, "'row' 'both' must name a row that trains on real data only"),
+        ({}, "'convergence' needs 'row'"),
+        ({"row": "real", "start_epochs": 4, "max_epochs": 2}, "max_epochs 2 is below"),
+        ({"row": "real", "learning_rates": [2]}, "'learning_rates' must be a list of numbers"),
+        ({"row": "real", "tolerance": -1}, "'tolerance' must be a number in [0, 1]"),
+        ({"row": "real", "patience": 3}, "unknown key(s) ['patience'] in 'convergence'"),
+    ],
+)
+def test_bad_convergence_sections_get_one_line_errors(tmp_path, capsys, convergence, expected):
+    c = tiny_config(rows=[{"name": "real"}, {"name": "both", "synthetic": 2, "p_real": 0.5}])
+    c["convergence"] = convergence or {"start_epochs": 2}
+    path = _write(tmp_path, c)
+    assert main(["experiment", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+def test_a_time_budget_and_a_convergence_ladder_exclude_each_other(tmp_path, capsys):
+    cfg = _ladder_config(tmp_path)
+    argv = ["experiment", str(cfg), "-o", str(tmp_path / "out"), "--budget-hours", "1"]
+    assert main(argv) == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

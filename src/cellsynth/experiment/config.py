@@ -31,10 +31,11 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEYS = {
     "name", "description", "data", "train", "test", "bundle", "learn", "synthetic", "training",
-    "curation", "rows", "voxel_size",
+    "curation", "rows", "voxel_size", "convergence",
 }  # fmt: skip
 ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "note"}
 CURATION_KEYS = {"score_with"}
+CONVERGENCE_KEYS = {"row", "start_epochs", "max_epochs", "tolerance", "learning_rates"}
 
 #: the settings fields each section may set, by dataclass (the defaults are the dataclasses')
 SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
@@ -131,6 +132,7 @@ class ExperimentConfig:
     curation: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     voxel_size: tuple[float, ...] | None = None  # for 3D data whose files do not record it
+    convergence: dict[str, Any] = field(default_factory=dict)  # as written; see Convergence
     source: Path | None = None
 
     @property
@@ -183,8 +185,23 @@ class ExperimentConfig:
         name = self.curation.get("score_with", "real")
         return next((r for r in self.rows if r.name == name), None)
 
+    @property
+    def convergence_spec(self) -> Convergence | None:
+        """The budget ladder of the ``convergence`` section; None without one."""
+        if not self.convergence:
+            return None
+        c = self.convergence
+        start = int(c.get("start_epochs") or self.epochs)
+        return Convergence(
+            row=str(c["row"]),
+            start_epochs=start,
+            max_epochs=int(c.get("max_epochs") or 8 * start),
+            tolerance=0.01 if c.get("tolerance") is None else float(c["tolerance"]),
+            learning_rates=tuple(float(v) for v in c.get("learning_rates") or ()),
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "description": self.description,
             "data": str(self.data),
@@ -198,6 +215,31 @@ class ExperimentConfig:
             "voxel_size": list(self.voxel_size) if self.voxel_size else None,
             "rows": [asdict(r) for r in self.rows],
         }
+        if self.convergence:  # only then: older configs resolve to the same config.json
+            d["convergence"] = self.convergence
+        return d
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """Train every row at a budget where the baseline row has converged (the ``convergence``
+    section).
+
+    The baseline ``row`` (real data only) first trains at ``start_epochs`` once per learning
+    rate of ``learning_rates`` (none: the training section's); the best held-out SEG picks the
+    learning rate every row then uses. Then the budget doubles until doubling moves the
+    baseline's held-out SEG by less than ``tolerance``, or ``max_epochs`` is reached; every row
+    trains at the last budget that doubling did not improve (or at ``max_epochs``, marked not
+    converged). The held-out frames decide, and they decide for the baseline only: a gain of
+    another row over it cannot come from an undertrained baseline or a learning rate tuned
+    for the other row.
+    """
+
+    row: str
+    start_epochs: int
+    max_epochs: int
+    tolerance: float = 0.01
+    learning_rates: tuple[float, ...] = ()
 
 
 # --------------------------------------------------------------------------- checks
@@ -220,6 +262,10 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
         "epochs": (_INT, 1, None), "nimg_per_epoch": (_INT, 1, None), "seed": (_INT, None, None),
         "batch_size": (_INT, 1, None), "bsize": (_INT, 16, None),
         "learning_rate": (_NUM, 0, None), "backend": (_STR, None, None),
+    },
+    "convergence": {
+        "row": (_STR, None, None), "start_epochs": (_INT, 1, None),
+        "max_epochs": (_INT, 1, None), "tolerance": (_NUM, 0, 1),
     },
     "row": {
         "name": (_STR, None, None), "real": (_STRS, None, None), "synthetic": (_INT, 0, None),
@@ -315,6 +361,10 @@ def config_from_dict(
         for s in ("learn", "synthetic", "training")
     }
     curation = _check_keys(raw.get("curation") or {}, CURATION_KEYS, "'curation'", where)
+    convergence = _check_keys(
+        raw.get("convergence") or {}, CONVERGENCE_KEYS, "'convergence'", where
+    )
+    _check_values(convergence, "convergence", "'convergence'", where)
     for section, values in sections.items():
         _check_values(values, section, f"'{section}'", where)
     learn, synthetic = sections["learn"], sections["synthetic"]
@@ -371,6 +421,7 @@ def config_from_dict(
         training=sections["training"],
         curation=curation,
         voxel_size=_voxel_size(raw.get("voxel_size"), where),
+        convergence=convergence,
         source=source,
     )
     if cfg.n_synthetic < max(r.synthetic for r in rows):
@@ -391,7 +442,40 @@ def config_from_dict(
             )
     if cfg.epochs < 1 or cfg.nimg_per_epoch < 1:
         raise CellsynthInputError("training.epochs and nimg_per_epoch must be >= 1", where)
+    _check_convergence(cfg, where)
     return cfg
+
+
+def _check_convergence(cfg: ExperimentConfig, where: Path) -> None:
+    c = cfg.convergence
+    if not c:
+        return
+    if "row" not in c:
+        raise CellsynthInputError("'convergence' needs 'row': the real-only baseline row", where)
+    base = next((r for r in cfg.rows if r.name == c["row"]), None)
+    if base is None or base.synthetic:
+        raise CellsynthInputError(
+            f"'convergence': 'row' {c['row']!r} must name a row that trains on real data only",
+            where,
+        )
+    lrs = c.get("learning_rates")
+    if lrs is not None and not (
+        isinstance(lrs, list)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 1 for v in lrs)
+    ):
+        raise CellsynthInputError(
+            f"'convergence': 'learning_rates' must be a list of numbers in (0, 1), got "
+            f"{json.dumps(lrs)}",
+            where,
+        )
+    spec = cfg.convergence_spec
+    assert spec is not None
+    if spec.max_epochs < spec.start_epochs:
+        raise CellsynthInputError(
+            f"'convergence': max_epochs {spec.max_epochs} is below start_epochs "
+            f"{spec.start_epochs}",
+            where,
+        )
 
 
 def _row(r: Any, i: int, train: list[str], where: Path) -> Row:

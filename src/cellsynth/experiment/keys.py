@@ -59,8 +59,9 @@ class RowKeys:
             }
         )
 
-    def row(self, row: Row, epochs: int) -> str:
-        """The key of ``row`` trained for ``epochs``."""
+    def row(self, row: Row, epochs: int, learning_rate: float | None = None) -> str:
+        """The key of ``row`` trained for ``epochs`` (at ``learning_rate``: a convergence
+        ladder's choice; None: the training section's)."""
         cfg = self.config
         scorer = cfg.scorer
         return config_hash(
@@ -71,7 +72,11 @@ class RowKeys:
                 "row": asdict(row) | {"note": None},
                 "synthetic": self.synthetic(row.rho) if row.synthetic else None,
                 "curation": cfg.curation if row.curated else None,
-                "scorer": self.row(scorer, epochs) if row.curated and scorer else None,
-                "training": cfg.training | {"epochs": epochs},
+                "scorer": (
+                    self.row(scorer, epochs, learning_rate) if row.curated and scorer else None
+                ),
+                "training": cfg.training
+                | {"epochs": epochs}
+                | ({} if learning_rate is None else {"learning_rate": learning_rate}),
             }
         )

@@ -40,7 +40,8 @@ def run_rows_in_parallel(
 ) -> Iterator[ExperimentProgress]:
     """Run an experiment's rows side by side, one row per device (``--devices``).
 
-    The bundle and the synthetic pairs are prepared here first (on the first device); then one
+    The bundle and the synthetic pairs are prepared here first (on the first device), and the
+    ``convergence`` ladder, if any, runs here too; then one
     ``cellsynth experiment CONFIG -o OUT --only ROW --device DEV`` process per device trains a
     row, and the next pending row takes the first device that is free, so an experiment takes
     about the time of its slowest row. Curated rows start once their scorer row is finished.
@@ -59,11 +60,12 @@ def run_rows_in_parallel(
     for p in exp.run(only=only, prepare_only=True):
         if p.stage != "done":
             yield p
+    yield from exp.converge()  # the budget ladder, here: the rows' processes read its decision
     rows = [r for r in config.rows if not only or r.name in only]
     scorer = config.scorer if any(r.curated for r in rows) else None
     if scorer is not None and scorer not in rows:
         rows = [scorer, *rows]
-    epochs = config.epochs
+    epochs = exp.epochs
     pending = sorted(
         (r for r in rows if exp.finished(r, epochs) is None),
         key=lambda r: 0 if scorer is not None and r.name == scorer.name else 1,

@@ -75,6 +75,43 @@ def _f(v: Any, nd: int = 3) -> str:
     return "–" if v is None else f"{v:.{nd}f}"
 
 
+def _budget_lines(res: dict[str, Any], training: dict[str, Any]) -> list[str]:
+    """The budget per row, and the convergence ladder that chose it."""
+    conv = res.get("convergence")
+    crops = training["nimg_per_epoch"]
+    if not conv:
+        return [f"Budget per row: {training['epochs']} epochs × {crops} crops (from scratch)."]
+    lr = conv["learning_rate"]
+    state = "converged" if conv["converged"] else "**not converged** by the ladder's maximum"
+    lines = [
+        f"Budget per row: {conv['epochs']} epochs × {crops} crops (from scratch)"
+        + ("" if lr is None else f", learning rate {lr:g}")
+        + f", chosen by the convergence ladder on row {conv['row']!r} ({state}: doubling the "
+        f"budget moves its held-out SEG by less than {conv['tolerance']:g}).",
+    ]
+    if conv.get("sweep"):
+        lines += ["", "Learning-rate sweep (row " + repr(conv["row"]) + "):", ""]
+        lines += ["| learning rate | epochs | SEG | AP50 | train min |"]
+        lines += ["| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"| {r['learning_rate']:g} | {r['epochs']} | {_f(r['SEG'])} | {_f(r['AP50'])} | "
+            f"{r['train_minutes']:.1f} |"
+            for r in conv["sweep"]
+        ]
+    lines += ["", "Budget ladder (row " + repr(conv["row"]) + "):", ""]
+    lines += ["| epochs | SEG | ΔSEG | AP50 | final loss | train min |"]
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
+    prev = None
+    for r in conv["ladder"]:
+        delta = "–" if prev is None or r["SEG"] is None else f"{r['SEG'] - prev:+.3f}"
+        lines.append(
+            f"| {r['epochs']} | {_f(r['SEG'])} | {delta} | {_f(r['AP50'])} | "
+            f"{_f(r.get('final_loss'), 4)} | {r['train_minutes']:.1f} |"
+        )
+        prev = r["SEG"]
+    return lines
+
+
 def results_markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
     training = section_defaults("training") | {
@@ -90,8 +127,7 @@ def results_markdown(res: dict[str, Any]) -> str:
         else "Bundle: learnt on "
         + ", ".join((cfg.get("learn") or {}).get("frames") or cfg["train"])
         + " (`OUT/bundle`).",
-        f"Budget per row: {training['epochs']} epochs × {training['nimg_per_epoch']} crops "
-        "(from scratch).",
+        *_budget_lines(res, training),
         "",
         "| row | real frames | synthetic | p_real | SEG | AP50 | bPQ | train min | epochs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -110,10 +146,12 @@ def results_markdown(res: dict[str, Any]) -> str:
             f"{_f(rec['AP50'])} | {_f(rec['bPQ'])} | {rec['train_seconds'] / 60:.1f} | "
             f"{rec['epochs']} |"
         )
-    base = res["rows"].get("real")
+    conv = res.get("convergence")
+    base = res["rows"].get(conv["row"] if conv else "real")
+    base_name = conv["row"] if conv else "real"
     diffs = []
     for name, rec in res["rows"].items():
-        if base is not None and name != "real":
+        if base is not None and name != base_name:
             d = paired_difference(rec, base)
             if d is not None:
                 diffs.append(
@@ -123,9 +161,10 @@ def results_markdown(res: dict[str, Any]) -> str:
     if diffs:
         lines += [
             "",
-            "SEG difference to the real-only row over the same test cells (95 % paired bootstrap):",
+            f"SEG difference to the {base_name!r} row over the same test cells "
+            "(95 % paired bootstrap):",
             "",
-            "| row | SEG − SEG(real) | 95 % interval | cells |",
+            f"| row | SEG − SEG({base_name}) | 95 % interval | cells |",
             "| --- | --- | --- | --- |",
             *diffs,
         ]

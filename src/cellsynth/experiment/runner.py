@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import platform
+import shutil
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -22,7 +23,7 @@ from typing import Any
 
 from cellsynth.errors import CellsynthInputError
 from cellsynth.experiment.config import ExperimentConfig, Row, load_config
-from cellsynth.experiment.keys import RowKeys
+from cellsynth.experiment.keys import RowKeys, config_hash
 from cellsynth.experiment.results import nan_to_none, write_results
 from cellsynth.io import Pair, read_dataset, write_json
 from cellsynth.segmenters import FinetuneSettings
@@ -99,6 +100,10 @@ class Experiment:
         self.pairs = self._read_frames()
         self.keys = RowKeys(config, self._synthetic_size)
         self.epochs = config.epochs
+        self.learning_rate: float | None = None  # a convergence ladder's choice
+        decision = self.convergence_decision()
+        if decision is not None:
+            self.epochs, self.learning_rate = decision["epochs"], decision["learning_rate"]
 
     # -- data -------------------------------------------------------------------------------
 
@@ -149,7 +154,7 @@ class Experiment:
         return self.keys.synthetic(rho)
 
     def row_key(self, row: Row, epochs: int) -> str:
-        return self.keys.row(row, epochs)
+        return self.keys.row(row, epochs, self.learning_rate)
 
     def _scorer(self) -> Row:
         scorer = self.config.scorer
@@ -157,13 +162,7 @@ class Experiment:
         return scorer
 
     def finished(self, row: Row, epochs: int) -> dict[str, Any] | None:
-        path = self.row_path(row)
-        if not path.is_file():
-            return None
-        rec = json.loads(path.read_text())
-        if rec.get("key") != self.row_key(row, epochs) or not self.model_path(row).is_file():
-            return None
-        return rec
+        return _finished_at(self.row_path(row), self.model_path(row), self.row_key(row, epochs))
 
     def _synthetic_size(self) -> list[int]:
         size = self.config.synthetic.get("size")
@@ -183,6 +182,12 @@ class Experiment:
     ) -> Iterator[ExperimentProgress]:
         cfg = self.config
         rows = cfg.rows
+        if budget_hours is not None and cfg.convergence:
+            raise CellsynthInputError(
+                "--budget-hours and a 'convergence' section exclude each other (the ladder "
+                "decides the budget); remove one",
+                cfg.source or cfg.name,
+            )
         if only:
             unknown = sorted(set(only) - {r.name for r in rows})
             if unknown:
@@ -207,7 +212,8 @@ class Experiment:
             self.write_results()
             yield ExperimentProgress("done", None, 1.0, "bundle and synthetic data ready")
             return
-        epochs = cfg.epochs
+        yield from self.converge()
+        epochs = self.epochs
         pending = [r for r in rows if self.finished(r, epochs) is None]
         if budget_hours is not None and pending:
             epochs = yield from self._epochs_for_budget(pending, budget_hours)
@@ -379,10 +385,128 @@ class Experiment:
             out[p.name] = -1.0 if v is None or (isinstance(v, float) and math.isnan(v)) else v
         return out
 
-    def _settings(self, row: Row, epochs: int) -> FinetuneSettings:
-        return dataclasses.replace(
+    def _settings(
+        self, row: Row, epochs: int, learning_rate: float | None = None
+    ) -> FinetuneSettings:
+        """``row``'s training settings at ``epochs`` (``learning_rate``, else the ladder's
+        choice, else the training section's)."""
+        s = dataclasses.replace(
             self.config.finetune_settings, epochs=epochs, p_real=row.p_real, device=self.device
         )
+        lr = learning_rate if learning_rate is not None else self.learning_rate
+        return s if lr is None else dataclasses.replace(s, learning_rate=lr)
+
+    # -- the convergence ladder -------------------------------------------------------------
+
+    @property
+    def convergence_path(self) -> Path:
+        return self.out / "convergence"
+
+    def _ladder_key(self) -> str | None:
+        spec = self.config.convergence_spec
+        if spec is None:
+            return None
+        base = next(r for r in self.config.rows if r.name == spec.row)
+        return config_hash(
+            {"spec": dataclasses.asdict(spec), "row": self.keys.row(base, spec.start_epochs)}
+        )
+
+    def convergence_decision(self) -> dict[str, Any] | None:
+        """The ladder's decision (``convergence/decision.json``) if it is this config's."""
+        key = self._ladder_key()
+        path = self.convergence_path / "decision.json"
+        if key is None or not path.is_file():
+            return None
+        decision = json.loads(path.read_text())
+        return decision if decision.get("key") == key else None
+
+    def converge(self) -> Iterator[ExperimentProgress]:
+        """Run the ``convergence`` ladder on the baseline row (or keep its decision): pick the
+        learning rate and the budget every row trains at (:class:`~cellsynth.experiment.config.
+        Convergence`); the baseline's model at that budget becomes its row's."""
+        spec = self.config.convergence_spec
+        if spec is None or self.convergence_decision() is not None:
+            return
+        base = next(r for r in self.config.rows if r.name == spec.row)
+        epochs = spec.start_epochs
+        sweep = []
+        for lr in spec.learning_rates or (None,):
+            rec = yield from self._rung(base, epochs, lr)
+            sweep.append(rec)
+        best = max(sweep, key=lambda r: -1.0 if r["SEG"] is None else r["SEG"])  # first on ties
+        lr = best["learning_rate"] if spec.learning_rates else None
+        ladder, converged = [best], False
+        while 2 * epochs <= spec.max_epochs:
+            rec = yield from self._rung(base, 2 * epochs, lr)
+            ladder.append(rec)
+            if abs((rec["SEG"] or 0.0) - (ladder[-2]["SEG"] or 0.0)) < spec.tolerance:
+                converged = True
+                break
+            epochs *= 2
+        chosen = next(r for r in ladder if r["epochs"] == epochs)
+
+        def brief(r: dict[str, Any]) -> dict[str, Any]:
+            keep = ("epochs", "learning_rate", "SEG", "AP50", "bPQ", "final_loss")
+            return {k: r.get(k) for k in keep} | {"train_minutes": r["train_seconds"] / 60}
+
+        decision = {
+            "key": self._ladder_key(),
+            "row": base.name,
+            "epochs": epochs,
+            "learning_rate": lr,
+            "converged": converged,
+            "tolerance": spec.tolerance,
+            "sweep": [brief(r) for r in sweep] if spec.learning_rates else [],
+            "ladder": [brief(r) for r in ladder],
+        }
+        if not converged:
+            log.warning(
+                "row %r has not converged by max_epochs %d (SEG still moves by >= %g when the "
+                "budget doubles): every row trains at %d epochs",
+                base.name, spec.max_epochs, spec.tolerance, epochs,
+            )  # fmt: skip
+        self.epochs, self.learning_rate = epochs, lr
+        self._adopt(base, chosen)
+        write_json(self.convergence_path / "decision.json", nan_to_none(decision))
+        yield ExperimentProgress(
+            "convergence", base.name, 1.0,
+            f"{'converged' if converged else 'NOT converged'} at {epochs} epochs"
+            + ("" if lr is None else f", learning rate {lr:g}"),
+        )  # fmt: skip
+
+    def _rung(self, row: Row, epochs: int, lr: float | None) -> Iterator[ExperimentProgress]:
+        """The baseline trained at ``epochs`` (and ``lr``): kept if already there."""
+        tag = f"{row.slug}@{epochs}" + ("" if lr is None else f"_lr{lr:g}")
+        model = self.convergence_path / "models" / tag
+        record = self.convergence_path / f"{tag}.json"
+        key = self.keys.row(row, epochs, lr)
+        rec = _finished_at(record, model, key)
+        if rec is None:  # the row itself trained at this budget before: its model will do
+            rec = _finished_at(self.row_path(row), self.model_path(row), key)
+        if rec is None:
+            rec = yield from self._train(
+                row, epochs, model=model, record=record, learning_rate=lr, stage="convergence"
+            )
+        rec["learning_rate"] = lr
+        return rec
+
+    def _adopt(self, row: Row, rec: dict[str, Any]) -> None:
+        """``row``'s model and record become the ladder's ``rec`` (copies; a model of another
+        key in the way is set aside, never deleted)."""
+        key = self.row_key(row, rec["epochs"])
+        if _finished_at(self.row_path(row), self.model_path(row), key) is not None:
+            return
+        from cellsynth.io import atomic_path
+        from cellsynth.segment import finetune_outputs
+
+        src = finetune_outputs(Path(rec["model"]), self.config.backend)
+        dst = finetune_outputs(self.model_path(row), self.config.backend)
+        _set_aside(dst)
+        for a, b in zip(src, dst, strict=True):
+            if a.is_file():
+                with atomic_path(b) as tmp:
+                    shutil.copyfile(a, tmp)
+        write_json(self.row_path(row), nan_to_none(rec | {"key": key, "model": str(dst[0])}))
 
     def _epochs_for_budget(
         self, pending: Sequence[Row], hours: float
@@ -419,36 +543,60 @@ class Experiment:
         return epochs
 
     def _run_row(self, row: Row, epochs: int) -> Iterator[ExperimentProgress]:
-        from cellsynth.segment import evaluate_model, finetune, finetune_outputs, read_log
+        yield from self._train(
+            row,
+            epochs,
+            model=self.model_path(row),
+            record=self.row_path(row),
+            learning_rate=self.learning_rate,
+        )
+
+    def _train(
+        self,
+        row: Row,
+        epochs: int,
+        *,
+        model: Path,
+        record: Path,
+        learning_rate: float | None,
+        stage: str = "training",
+    ) -> Iterator[ExperimentProgress]:
+        """Train ``row`` for ``epochs`` into ``model``, score it on the test frames, write its
+        ``record``; returns the record."""
+        from cellsynth.segment import (
+            evaluate_model,
+            finetune,
+            finetune_outputs,
+            load_model,
+            read_log,
+        )
 
         backend = self.config.backend
         real = [self.pairs[n] for n in row.real]
         if row.curated:
             yield ExperimentProgress("scoring", row.name, 0.0, "quality scores")
         syn = self.synthetic_pairs(row)
-        out = self.model_path(row)
+        out = model
         out.parent.mkdir(parents=True, exist_ok=True)
         # a stale model of another key, or what a killed run left (its work folder): this
         # experiment's own files, set aside, never deleted
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        for src in finetune_outputs(out, backend):
-            if src.exists():
-                src.rename(src.with_name(f"{src.name}.old-{stamp}"))
-        settings = self._settings(row, epochs)
+        _set_aside(finetune_outputs(out, backend))
+        settings = self._settings(row, epochs, learning_rate)
+        label = row.name if stage == "training" else f"{row.name} @ {epochs} epochs"
         t0 = time.perf_counter()
         for p in finetune(real, syn, out, settings, backend=backend):
             yield ExperimentProgress(
-                "training", row.name, p.fraction, f"epoch {p.epoch}/{epochs} loss {p.loss:.4f}"
+                stage, label, p.fraction, f"epoch {p.epoch}/{epochs} loss {p.loss:.4f}"
             )
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        ev = evaluate_model(self._load_model(row), self.test_pairs)
+        ev = evaluate_model(load_model(out, self.device, backend=backend), self.test_pairs)
         eval_s = time.perf_counter() - t1
         s = ev.summary()
         log_json = read_log(out)  # what the backend records; Cellpose 3's fills every field
         rec = {
             "row": asdict(row),
-            "key": self.row_key(row, epochs),
+            "key": self.keys.row(row, epochs, learning_rate),
             "backend": backend,
             "SEG": s["SEG"],
             "AP50": s["AP50"],
@@ -458,6 +606,7 @@ class Experiment:
             "frames": ev.rows(),
             "cell_jaccards": {f.name: list(f.jaccards) for f in ev.frames},
             "epochs": epochs,
+            "learning_rate": log_json.get("learning_rate", settings.learning_rate),
             "nimg_per_epoch": log_json.get("nimg_per_epoch", settings.nimg_per_epoch),
             "n_real_images": log_json.get("n_real"),
             "n_synthetic_images": log_json.get("n_synthetic"),
@@ -471,10 +620,11 @@ class Experiment:
             "machine": self.machine,
             "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
-        write_json(self.row_path(row), nan_to_none(rec))
+        write_json(record, nan_to_none(rec))
         yield ExperimentProgress(
-            "evaluation", row.name, 1.0, f"SEG {s['SEG']:.3f} AP50 {s['AP50']:.3f}"
+            "evaluation", label, 1.0, f"SEG {s['SEG']:.3f} AP50 {s['AP50']:.3f}"
         )
+        return rec
 
     def _add_cell_jaccards(self, row: Row, rec: dict[str, Any]) -> None:
         from cellsynth.segment import evaluate_model
@@ -499,6 +649,9 @@ class Experiment:
         done = self.out / "bundle.done.json"
         if done.is_file():
             extra["bundle_learning"] = json.loads(done.read_text())
+        decision = self.convergence_decision()
+        if decision is not None:
+            extra["convergence"] = decision
         for rho in sorted({r.rho for r in self.config.rows if r.synthetic}, key=str):
             marker = self.synthetic_path(rho) / "experiment.json"
             if marker.is_file():
@@ -516,6 +669,25 @@ class Experiment:
         res = self.results()
         write_results(self.out, res)
         return res
+
+
+def _finished_at(record: Path, model: Path, key: str) -> dict[str, Any] | None:
+    """The record at ``record`` if it has ``key`` and its ``model`` is there."""
+    if not record.is_file():
+        return None
+    rec = json.loads(record.read_text())
+    if rec.get("key") != key or not model.is_file():
+        return None
+    return rec
+
+
+def _set_aside(paths: Sequence[Path]) -> None:
+    """Rename what is at ``paths`` to ``NAME.old-STAMP`` (this experiment's own files: a model
+    of another key, what a killed run left)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for src in paths:
+        if src.exists():
+            src.rename(src.with_name(f"{src.name}.old-{stamp}"))
 
 
 def run_experiment(
