@@ -188,13 +188,21 @@ def _ladder_config(tmp_path, **convergence) -> Path:
     return _write(tmp_path, c)
 
 
-def test_a_convergence_ladder_trains_every_row_at_the_baselines_budget(tmp_path):
-    """``convergence`` with a tolerance no change meets: the baseline doubles 1 → 2 → 4 epochs,
-    is marked not converged, and every row trains at 4 epochs; the baseline's row is the
-    ladder's model (a copy, not a fourth training); a rerun trains nothing."""
-    cfg = _ladder_config(tmp_path, start_epochs=1, max_epochs=5, tolerance=0.0)
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def laddered(tmp_path_factory):
+    """A ladder with a tolerance no change meets, run through the CLI."""
+    tmp = tmp_path_factory.mktemp("ladder")
+    cfg = _ladder_config(tmp, start_epochs=1, max_epochs=5, tolerance=0.0)
+    out = tmp / "out"
     assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
+    return cfg, out
+
+
+def test_a_convergence_ladder_trains_every_row_at_the_baselines_budget(laddered):
+    """The baseline doubles 1 → 2 → 4 epochs, is marked not converged, and every row trains
+    at 4 epochs; the baseline's row is the ladder's model (a copy, not a fourth training); a
+    rerun trains nothing."""
+    cfg, out = laddered
     decision = json.loads((out / "convergence" / "decision.json").read_text())
     assert [r["epochs"] for r in decision["ladder"]] == [1, 2, 4]
     assert decision["epochs"] == 4 and decision["converged"] is False
@@ -208,6 +216,25 @@ def test_a_convergence_ladder_trains_every_row_at_the_baselines_budget(tmp_path)
     mtimes = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
     assert main(["-q", "experiment", str(cfg), "-o", str(out), "--device", "cpu"]) == 0
     assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+
+
+def test_a_ladder_on_two_devices_trains_its_rungs_side_by_side(laddered, tmp_path):
+    """``--devices cpu cpu``: the doublings train at once, one process each, and the decision
+    and the rows are the sequential run's."""
+    cfg, seq = laddered
+    out = tmp_path / "par"
+    assert main(["-q", "experiment", str(cfg), "-o", str(out), "--devices", "cpu", "cpu"]) == 0
+    par = json.loads((out / "convergence" / "decision.json").read_text())
+    ref = json.loads((seq / "convergence" / "decision.json").read_text())
+    assert [(r["epochs"], r["SEG"]) for r in par["ladder"]] == [
+        (r["epochs"], r["SEG"]) for r in ref["ladder"]
+    ]
+    assert (par["epochs"], par["converged"]) == (ref["epochs"], ref["converged"])
+    assert {p.name for p in (out / "logs").glob("ladder_*.log")} == {
+        "ladder_1.log", "ladder_2.log", "ladder_4.log"
+    }  # fmt: skip
+    res = json.loads((out / "results.json").read_text())
+    assert {n: r["epochs"] for n, r in res["rows"].items()} == {"real": 4, "both": 4}
 
 
 def test_a_converged_ladder_stops_and_a_sweep_picks_the_learning_rate_for_every_row(tmp_path):

@@ -608,6 +608,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
             budget_hours=args.budget_hours,
             command=["cellsynth", *args.argv],
             prepare_only=args.prepare,
+            rung=None if args.rung is None else (args.rung, args.rung_lr),
         )
     stage = None
 
@@ -1107,6 +1108,9 @@ def _experiment_parser(sub: Any) -> None:
         help="train rows side by side, one per device: 'auto' (every GPU) or names "
         "(cuda:0 cuda:1 ...); one process per row, logs in OUTPUT/logs/",
     )
+    # one training of the convergence ladder: what each --devices process runs (internal)
+    p.add_argument("--rung", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--rung-lr", type=float, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_experiment)
 
 

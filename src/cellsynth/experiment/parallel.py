@@ -60,7 +60,11 @@ def run_rows_in_parallel(
     for p in exp.run(only=only, prepare_only=True):
         if p.stage != "done":
             yield p
-    yield from exp.converge()  # the budget ladder, here: the rows' processes read its decision
+    (out / "logs").mkdir(exist_ok=True)
+    env = {**os.environ, "LOCAL_WORLD_SIZE": str(len(devices))}  # threads: cores / rows
+    if config.convergence_spec is not None and exp.convergence_decision() is None:
+        yield from _ladder_in_parallel(exp, devices, env, poll_seconds)
+        yield from exp.converge()  # decides from the rungs (trains nothing): rows read it
     rows = [r for r in config.rows if not only or r.name in only]
     scorer = config.scorer if any(r.curated for r in rows) else None
     if scorer is not None and scorer not in rows:
@@ -72,8 +76,6 @@ def run_rows_in_parallel(
     )
     total = max(len(pending), 1)
     running: dict[str, tuple[Row, subprocess.Popen, Any]] = {}
-    (out / "logs").mkdir(exist_ok=True)
-    env = {**os.environ, "LOCAL_WORLD_SIZE": str(len(devices))}  # threads: cores / rows
     try:
         while pending or running:
             for dev in devices:
@@ -116,3 +118,69 @@ def run_rows_in_parallel(
             log_file.close()
     exp.write_results()
     yield ExperimentProgress("done", None, 1.0, str(out / "results.json"))
+
+
+def _ladder_in_parallel(
+    exp: Experiment, devices: Sequence[str], env: dict[str, str], poll_seconds: float
+) -> Iterator[ExperimentProgress]:
+    """Train the convergence ladder's rungs side by side, one process per device.
+
+    The rungs are independent trainings: the learning-rate sweep's first, then every doubling
+    up to ``max_epochs`` at once (the longest first, so the ladder takes about the time of its
+    longest rung, not the sum). A rung that finished rungs make unnecessary (the ladder
+    converged below it) is stopped.
+    """
+    import subprocess
+
+    config = exp.config
+    assert config.source is not None
+    running: dict[str, tuple[tuple[int, float | None], subprocess.Popen, Any]] = {}
+
+    def tag(rung: tuple[int, float | None]) -> str:
+        return f"ladder_{rung[0]}" + ("" if rung[1] is None else f"_lr{rung[1]:g}")
+
+    try:
+        while True:
+            needed = exp.pending_rungs()
+            for dev, (rung, proc, log_file) in list(running.items()):
+                if rung not in needed:  # decided without it
+                    proc.terminate()
+                    proc.wait()
+                    log_file.close()
+                    del running[dev]
+                    log.info("rung %s on %s stopped: not needed", tag(rung), dev)
+            if not needed and not running:
+                return
+            busy = {rung for rung, _, _ in running.values()}
+            todo = sorted((r for r in needed if r not in busy), key=lambda r: -r[0])
+            for dev in devices:
+                if dev in running or not todo:
+                    continue
+                rung = todo.pop(0)
+                log_file = open(exp.out / "logs" / f"{tag(rung)}.log", "a")
+                cmd = [sys.executable, "-m", "cellsynth", "experiment", str(config.source)]
+                cmd += ["-o", str(exp.out), "--device", dev, "--rung", str(rung[0])]
+                if rung[1] is not None:
+                    cmd += ["--rung-lr", repr(rung[1])]
+                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+                running[dev] = (rung, proc, log_file)
+                log.info("rung %s on %s (pid %d)", tag(rung), dev, proc.pid)
+                yield ExperimentProgress("convergence", tag(rung), 0.0, f"started on {dev}")
+            time.sleep(poll_seconds)
+            for dev, (rung, proc, log_file) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log_file.close()
+                del running[dev]
+                if proc.returncode != 0:
+                    raise CellsynthInputError(
+                        f"convergence rung {tag(rung)} failed on {dev} (exit code "
+                        f"{proc.returncode}); its output is in this file",
+                        exp.out / "logs" / f"{tag(rung)}.log",
+                    )
+                yield ExperimentProgress("convergence", tag(rung), 1.0, f"finished on {dev}")
+    finally:
+        for _rung, proc, log_file in running.values():  # interrupted: stop this run's rungs
+            proc.terminate()
+            proc.wait()
+            log_file.close()

@@ -179,9 +179,16 @@ class Experiment:
         budget_hours: float | None = None,
         command: Sequence[str] | None = None,
         prepare_only: bool = False,
+        rung: tuple[int, float | None] | None = None,
     ) -> Iterator[ExperimentProgress]:
         cfg = self.config
         rows = cfg.rows
+        if rung is not None:  # one training of the convergence ladder (a --devices process)
+            self.command = list(command) if command is not None else sys.argv
+            self.machine = machine_info(str(self._device()))
+            yield from self.train_rung(*rung)
+            yield ExperimentProgress("done", None, 1.0, f"rung {rung[0]} epochs")
+            return
         if budget_hours is not None and cfg.convergence:
             raise CellsynthInputError(
                 "--budget-hours and a 'convergence' section exclude each other (the ladder "
@@ -428,38 +435,33 @@ class Experiment:
         if spec is None or self.convergence_decision() is not None:
             return
         base = next(r for r in self.config.rows if r.name == spec.row)
-        epochs = spec.start_epochs
-        sweep = []
-        for lr in spec.learning_rates or (None,):
-            rec = yield from self._rung(base, epochs, lr)
-            sweep.append(rec)
-        best = max(sweep, key=lambda r: -1.0 if r["SEG"] is None else r["SEG"])  # first on ties
-        lr = best["learning_rate"] if spec.learning_rates else None
-        ladder, converged = [best], False
-        while 2 * epochs <= spec.max_epochs:
-            rec = yield from self._rung(base, 2 * epochs, lr)
-            ladder.append(rec)
-            if abs((rec["SEG"] or 0.0) - (ladder[-2]["SEG"] or 0.0)) < spec.tolerance:
-                converged = True
-                break
-            epochs *= 2
-        chosen = next(r for r in ladder if r["epochs"] == epochs)
+        while todo := self.pending_rungs():
+            yield from self.train_rung(*min(todo, key=lambda t: (t[0], t[1] or 0.0)))
+        walk = self._walk()
+        epochs, lr = walk.epochs, walk.learning_rate
+        chosen = next(r for r in walk.ladder if r["epochs"] == epochs)
 
-        def brief(r: dict[str, Any]) -> dict[str, Any]:
-            keep = ("epochs", "learning_rate", "SEG", "AP50", "bPQ", "final_loss")
-            return {k: r.get(k) for k in keep} | {"train_minutes": r["train_seconds"] / 60}
+        def brief(r: dict[str, Any], rate: float | None) -> dict[str, Any]:
+            keep = ("epochs", "SEG", "AP50", "bPQ", "final_loss")
+            return {k: r.get(k) for k in keep} | {
+                "learning_rate": rate,
+                "train_minutes": r["train_seconds"] / 60,
+            }
 
+        rates = spec.learning_rates or (None,)
         decision = {
             "key": self._ladder_key(),
             "row": base.name,
             "epochs": epochs,
             "learning_rate": lr,
-            "converged": converged,
+            "converged": walk.converged,
             "tolerance": spec.tolerance,
-            "sweep": [brief(r) for r in sweep] if spec.learning_rates else [],
-            "ladder": [brief(r) for r in ladder],
+            "sweep": [brief(r, v) for r, v in zip(walk.sweep, rates, strict=True)]
+            if spec.learning_rates
+            else [],
+            "ladder": [brief(r, lr) for r in walk.ladder],
         }
-        if not converged:
+        if not walk.converged:
             log.warning(
                 "row %r has not converged by max_epochs %d (SEG still moves by >= %g when the "
                 "budget doubles): every row trains at %d epochs",
@@ -470,25 +472,76 @@ class Experiment:
         write_json(self.convergence_path / "decision.json", nan_to_none(decision))
         yield ExperimentProgress(
             "convergence", base.name, 1.0,
-            f"{'converged' if converged else 'NOT converged'} at {epochs} epochs"
+            f"{'converged' if walk.converged else 'NOT converged'} at {epochs} epochs"
             + ("" if lr is None else f", learning rate {lr:g}"),
         )  # fmt: skip
 
-    def _rung(self, row: Row, epochs: int, lr: float | None) -> Iterator[ExperimentProgress]:
-        """The baseline trained at ``epochs`` (and ``lr``): kept if already there."""
+    def pending_rungs(self) -> list[tuple[int, float | None]]:
+        """The ladder's trainings still needed, as (epochs, learning rate): the sweep's, else
+        every doubling up to ``max_epochs`` that the finished ones leave undecided (they are
+        independent: :func:`~cellsynth.experiment.parallel.run_rows_in_parallel` trains them
+        side by side). Empty: the decision can be made."""
+        return self._walk().missing
+
+    def _walk(self) -> _Ladder:
+        """Walk the ladder over the rungs trained so far (nothing is trained here)."""
+        spec = self.config.convergence_spec
+        assert spec is not None
+        base = next(r for r in self.config.rows if r.name == spec.row)
+        rates = spec.learning_rates or (None,)
+        start = spec.start_epochs
+        sweep = [self._rung_record(base, start, v) for v in rates]
+        if any(r is None for r in sweep):
+            todo = [(start, v) for v, r in zip(rates, sweep, strict=True) if r is None]
+            return _Ladder(missing=todo)
+        seg = [-1.0 if r["SEG"] is None else r["SEG"] for r in sweep]  # type: ignore[index]
+        best = seg.index(max(seg))  # the first on ties
+        lr = rates[best]
+        walk = _Ladder(sweep=sweep, learning_rate=lr, ladder=[sweep[best]], epochs=start)
+        while 2 * walk.epochs <= spec.max_epochs:
+            rec = self._rung_record(base, 2 * walk.epochs, lr)
+            if rec is None:
+                budgets = []
+                e = 2 * walk.epochs
+                while e <= spec.max_epochs:
+                    if self._rung_record(base, e, lr) is None:
+                        budgets.append(e)
+                    e *= 2
+                return _Ladder(missing=[(e, lr) for e in budgets])
+            walk.ladder.append(rec)
+            if abs((rec["SEG"] or 0.0) - (walk.ladder[-2]["SEG"] or 0.0)) < spec.tolerance:
+                walk.converged = True
+                break
+            walk.epochs *= 2
+        return walk
+
+    def _rung_paths(self, row: Row, epochs: int, lr: float | None) -> tuple[Path, Path]:
         tag = f"{row.slug}@{epochs}" + ("" if lr is None else f"_lr{lr:g}")
-        model = self.convergence_path / "models" / tag
-        record = self.convergence_path / f"{tag}.json"
+        return self.convergence_path / "models" / tag, self.convergence_path / f"{tag}.json"
+
+    def _rung_record(self, row: Row, epochs: int, lr: float | None) -> dict[str, Any] | None:
+        """The baseline's record at ``epochs`` (and ``lr``) if it has been trained: by the
+        ladder, or as the row itself."""
+        model, record = self._rung_paths(row, epochs, lr)
         key = self.keys.row(row, epochs, lr)
-        rec = _finished_at(record, model, key)
-        if rec is None:  # the row itself trained at this budget before: its model will do
-            rec = _finished_at(self.row_path(row), self.model_path(row), key)
-        if rec is None:
-            rec = yield from self._train(
-                row, epochs, model=model, record=record, learning_rate=lr, stage="convergence"
+        return _finished_at(record, model, key) or _finished_at(
+            self.row_path(row), self.model_path(row), key
+        )
+
+    def train_rung(self, epochs: int, lr: float | None) -> Iterator[ExperimentProgress]:
+        """Train the baseline at ``epochs`` (and ``lr``) for the ladder, unless it is there."""
+        spec = self.config.convergence_spec
+        if spec is None:
+            raise CellsynthInputError(
+                "a ladder rung needs a 'convergence' section", self.config.source
             )
-        rec["learning_rate"] = lr
-        return rec
+        base = next(r for r in self.config.rows if r.name == spec.row)
+        if self._rung_record(base, epochs, lr) is not None:
+            return
+        model, record = self._rung_paths(base, epochs, lr)
+        yield from self._train(
+            base, epochs, model=model, record=record, learning_rate=lr, stage="convergence"
+        )
 
     def _adopt(self, row: Row, rec: dict[str, Any]) -> None:
         """``row``'s model and record become the ladder's ``rec`` (copies; a model of another
@@ -671,6 +724,18 @@ class Experiment:
         return res
 
 
+@dataclass
+class _Ladder:
+    """Where the convergence ladder stands: ``missing`` rungs, else its decision."""
+
+    missing: list[tuple[int, float | None]] = dataclasses.field(default_factory=list)
+    sweep: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    learning_rate: float | None = None
+    ladder: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    epochs: int = 0
+    converged: bool = False
+
+
 def _finished_at(record: Path, model: Path, key: str) -> dict[str, Any] | None:
     """The record at ``record`` if it has ``key`` and its ``model`` is there."""
     if not record.is_file():
@@ -699,15 +764,21 @@ def run_experiment(
     budget_hours: float | None = None,
     command: Sequence[str] | None = None,
     prepare_only: bool = False,
+    rung: tuple[int, float | None] | None = None,
 ) -> Iterator[ExperimentProgress]:
     """Run (or resume) an experiment; yields progress; results in ``out/results.json``.
 
     ``prepare_only``: learn the bundle and synthesize, train nothing (look at the synthetic
-    pairs first, e.g. in napari).
+    pairs first, e.g. in napari). ``rung``: only train the convergence ladder's baseline at
+    (epochs, learning rate) — what each ``--devices`` process does for the ladder.
     """
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     exp = Experiment(config, out, device=device)
     yield from exp.run(
-        only=only, budget_hours=budget_hours, command=command, prepare_only=prepare_only
+        only=only,
+        budget_hours=budget_hours,
+        command=command,
+        prepare_only=prepare_only,
+        rung=rung,
     )
