@@ -48,8 +48,6 @@ def run_rows_in_parallel(
     Each process's output is in ``OUT/logs/ROW.log``; finished rows are kept as in
     :func:`run_experiment`, so a rerun continues.
     """
-    import subprocess
-
     if not isinstance(config, ExperimentConfig):
         config = load_config(config)
     if config.source is None:
@@ -75,7 +73,7 @@ def run_rows_in_parallel(
         key=lambda r: 0 if scorer is not None and r.name == scorer.name else 1,
     )
     total = max(len(pending), 1)
-    running: dict[str, tuple[Row, subprocess.Popen, Any]] = {}
+    running: dict[str, tuple[Row, Any, Any]] = {}
     try:
         while pending or running:
             for dev in devices:
@@ -88,22 +86,13 @@ def run_rows_in_parallel(
                     break
                 row = ready[0]
                 pending.remove(row)
-                log_file = open(out / "logs" / f"{row.slug}.log", "a")
-                cmd = [sys.executable, "-m", "cellsynth", "experiment", str(config.source)]
-                cmd += ["-o", str(out), "--only", row.name, "--device", dev]
-                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-                running[dev] = (row, proc, log_file)
-                log.info("row %r on %s (pid %d)", row.name, dev, proc.pid)
+                running[dev] = (row, *_start(exp, dev, ["--only", row.name], row.slug, env))
                 yield ExperimentProgress("training", row.name, 0.0, f"started on {dev}")
             time.sleep(poll_seconds)
-            for dev, (row, proc, log_file) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log_file.close()
-                del running[dev]
-                if proc.returncode != 0:
+            for dev, row, code in _ended(running):
+                if code != 0:
                     raise CellsynthInputError(
-                        f"row {row.name!r} failed on {dev} (exit code {proc.returncode}); "
+                        f"row {row.name!r} failed on {dev} (exit code {code}); "
                         "its output is in this file",
                         out / "logs" / f"{row.slug}.log",
                     )
@@ -130,11 +119,7 @@ def _ladder_in_parallel(
     longest rung, not the sum). A rung that finished rungs make unnecessary (the ladder
     converged below it) is stopped.
     """
-    import subprocess
-
-    config = exp.config
-    assert config.source is not None
-    running: dict[str, tuple[tuple[int, float | None], subprocess.Popen, Any]] = {}
+    running: dict[str, tuple[tuple[int, float | None], Any, Any]] = {}
 
     def tag(rung: tuple[int, float | None]) -> str:
         return f"ladder_{rung[0]}" + ("" if rung[1] is None else f"_lr{rung[1]:g}")
@@ -157,25 +142,16 @@ def _ladder_in_parallel(
                 if dev in running or not todo:
                     continue
                 rung = todo.pop(0)
-                log_file = open(exp.out / "logs" / f"{tag(rung)}.log", "a")
-                cmd = [sys.executable, "-m", "cellsynth", "experiment", str(config.source)]
-                cmd += ["-o", str(exp.out), "--device", dev, "--rung", str(rung[0])]
-                if rung[1] is not None:
-                    cmd += ["--rung-lr", repr(rung[1])]
-                proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-                running[dev] = (rung, proc, log_file)
-                log.info("rung %s on %s (pid %d)", tag(rung), dev, proc.pid)
+                args = ["--rung", str(rung[0])]
+                args += [] if rung[1] is None else ["--rung-lr", repr(rung[1])]
+                running[dev] = (rung, *_start(exp, dev, args, tag(rung), env))
                 yield ExperimentProgress("convergence", tag(rung), 0.0, f"started on {dev}")
             time.sleep(poll_seconds)
-            for dev, (rung, proc, log_file) in list(running.items()):
-                if proc.poll() is None:
-                    continue
-                log_file.close()
-                del running[dev]
-                if proc.returncode != 0:
+            for dev, rung, code in _ended(running):
+                if code != 0:
                     raise CellsynthInputError(
-                        f"convergence rung {tag(rung)} failed on {dev} (exit code "
-                        f"{proc.returncode}); its output is in this file",
+                        f"convergence rung {tag(rung)} failed on {dev} (exit code {code}); "
+                        "its output is in this file",
                         exp.out / "logs" / f"{tag(rung)}.log",
                     )
                 yield ExperimentProgress("convergence", tag(rung), 1.0, f"finished on {dev}")
@@ -184,3 +160,29 @@ def _ladder_in_parallel(
             proc.terminate()
             proc.wait()
             log_file.close()
+
+
+def _start(
+    exp: Experiment, device: str, args: list[str], name: str, env: dict[str, str]
+) -> tuple[Any, Any]:
+    """Start ``cellsynth experiment CONFIG -o OUT --device DEVICE ARGS`` with its output in
+    ``OUT/logs/NAME.log``: (the process, its open log file)."""
+    import subprocess
+
+    log_file = open(exp.out / "logs" / f"{name}.log", "a")
+    cmd = [sys.executable, "-m", "cellsynth", "experiment", str(exp.config.source)]
+    cmd += ["-o", str(exp.out), "--device", device, *args]
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    log.info("%s on %s (pid %d)", name, device, proc.pid)
+    return proc, log_file
+
+
+def _ended(running: dict[str, tuple[Any, Any, Any]]) -> Iterator[tuple[str, Any, int]]:
+    """Take the processes of ``running`` (device: (item, process, log file)) that have ended
+    out of it: (device, item, exit code)."""
+    for dev, (item, proc, log_file) in list(running.items()):
+        if proc.poll() is None:
+            continue
+        log_file.close()
+        del running[dev]
+        yield dev, item, proc.returncode
