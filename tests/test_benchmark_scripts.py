@@ -72,3 +72,20 @@ def test_script_help(script):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     assert "usage" in res.stdout.lower()
+
+
+def test_budget_plot_joins_runs_and_a_ladder_by_row_seed_and_epochs():
+    spec = importlib.util.spec_from_file_location("plot_budget", ROOT / "benchmarks/plot_budget.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def run(seed, epochs, seg, ladder=None):
+        rec = {"SEG": seg, "epochs": epochs, "cell_jaccards": {"f": [seg, seg]}}
+        out = {"config": {"training": {"seed": seed}}, "rows": {"real": rec, "both": rec}}
+        return out | ({"convergence": {"row": "real", "ladder": ladder}} if ladder else {})
+
+    ladder = [{"epochs": 100, "SEG": 0.5}, {"epochs": 200, "SEG": 0.6}]
+    table = mod.budget_table([run(0, 200, 0.7), run(0, 400, 0.8, ladder), run(1, 100, 0.4)])
+    assert {e: v[0] for e, v in table["real"][0].items()} == {100: 0.5, 200: 0.7, 400: 0.8}
+    assert {e: v[0] for e, v in table["both"][0].items()} == {200: 0.7, 400: 0.8}
+    assert table["real"][1][100][0] == 0.4
