@@ -156,28 +156,29 @@ def test_tiny_learning_on_the_builtin_data_still_converges(tmp_path):
     assert np.mean(mask[-10:]) < 0.8 * np.mean(mask[:10])
 
 
-def test_gradient_accumulation_takes_several_batches_per_optimiser_step():
+def _tiny_trainer(target, batch, optim=None):
+    """A 16 px UNet trained on ``batch()`` for ``target`` steps."""
     from cellsynth.diffusion.core import DiffusionConfig, build_unet
-    from cellsynth.diffusion.training import (
-        ModelTrainer,
-        OptimSettings,
-        make_accelerator,
-        train_loop,
-    )
+    from cellsynth.diffusion.training import ModelTrainer, OptimSettings, make_accelerator
 
     cfg = DiffusionConfig(
         sample_size=16, widths=(8, 16), attention=(False, False), norm_num_groups=4
     )
+    acc = make_accelerator("cpu")
+    optim = optim or OptimSettings()
+    return ModelTrainer("m", cfg, build_unet(cfg), acc, optim, target=target, batch=batch)
+
+
+def test_gradient_accumulation_takes_several_batches_per_optimiser_step():
+    from cellsynth.diffusion.training import OptimSettings, make_accelerator, train_loop
+
     calls = []
 
     def batch():
         calls.append(1)
         return torch.randn(2, 1, 16, 16), None
 
-    optim = OptimSettings(grad_accumulation=3, warmup=2)
-    tr = ModelTrainer(
-        "m", cfg, build_unet(cfg), make_accelerator("cpu"), optim, target=4, batch=batch
-    )
+    tr = _tiny_trainer(4, batch, OptimSettings(grad_accumulation=3, warmup=2))
     reports = list(train_loop({"m": tr}, torch.Generator().manual_seed(0)))
     assert len(calls) == 12 and tr.step == 4
     assert reports[-1].done and reports[-1].fraction == 1.0 and len(reports) == 5
@@ -185,3 +186,22 @@ def test_gradient_accumulation_takes_several_batches_per_optimiser_step():
     assert tr.ema.optimization_step == 4
     with pytest.raises(CellsynthInputError, match="mixed precision"):
         make_accelerator("cpu", "fp8")
+
+
+def test_the_closing_checkpoint_says_whether_the_loop_was_interrupted():
+    """Finished: the last save may draw a preview; closed (Ctrl-C, Cancel): ``save(True)``,
+    so ``learn`` writes the checkpoint without keeping the user waiting for a preview."""
+    from cellsynth.diffusion.training import train_loop
+
+    def trainer(target):
+        return _tiny_trainer(target, lambda: (torch.randn(2, 1, 16, 16), None))
+
+    saves = []
+    gen = torch.Generator().manual_seed(0)
+    list(train_loop({"m": trainer(3)}, gen, save=lambda i: saves.append(i)))
+    assert saves == [False]
+    saves.clear()
+    job = train_loop({"m": trainer(100)}, gen, save=lambda i: saves.append(i))
+    next(job), next(job)
+    job.close()
+    assert saves == [True]

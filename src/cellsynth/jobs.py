@@ -86,8 +86,23 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
+def _remember_sigint() -> threading.Event:
+    """SIGINT raises KeyboardInterrupt as usual and is also remembered: a bare ``except:`` in a
+    library can swallow the exception (Cellpose 3 imports matplotlib inside one, which takes
+    seconds on a busy machine), but not the cancellation."""
+    asked = threading.Event()
+
+    def handler(signum: int, frame: Any) -> None:
+        asked.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    return asked
+
+
 def child_main(argv: list[str] | None = None) -> int:
     """Entry point of the child process: ``python -m cellsynth.jobs SPEC.json``."""
+    cancel = _remember_sigint()
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
     logging.basicConfig(
@@ -100,9 +115,13 @@ def child_main(argv: list[str] | None = None) -> int:
         configure_threads(spec.get("threads"))  # None: the cores other processes leave free
         gen = RUNNERS[spec["kind"]](spec)
         last = None
+        if cancel.is_set():  # asked while the job was being set up (and swallowed there)
+            raise KeyboardInterrupt
         for p in gen:
             last = p.to_dict() if hasattr(p, "to_dict") else p
             _emit({"progress": last})
+            if cancel.is_set():
+                raise KeyboardInterrupt
         _emit({"done": last})
         return 0
     except KeyboardInterrupt:

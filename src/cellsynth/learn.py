@@ -320,8 +320,10 @@ def _learn(
     elapsed_now = [elapsed0]
     preview_pairs = [(pairs[0].image, pairs[0].labels)]
 
-    def save() -> str | None:
-        """Checkpoint, then the bundle (its models are the EMA weights); process 0 writes."""
+    def save(interrupted: bool = False) -> str | None:
+        """Checkpoint, then the bundle (its models are the EMA weights); process 0 writes.
+        Interrupted (Ctrl-C, Cancel): no preview — the last periodic one stays, and the user
+        is not kept waiting while the models draw a new one."""
         rng_states = generator_states(accelerator, gen)  # all processes take part
         if not accelerator.is_main_process:
             return None
@@ -343,7 +345,7 @@ def _learn(
         bundle.meta["training"]["device"] = str(device)
         bundle.meta["training"]["processes"] = n_proc
         bundle.save(out)
-        if settings.preview:
+        if settings.preview and not interrupted:
             write_progress(bundle, out, step, preview_pairs, device=device)
         return str(out)
 

@@ -436,13 +436,15 @@ def train_loop(
     *,
     budget_s: float | None = None,
     checkpoint_s: float | None = None,
-    save: Callable[[], str | None] | None = None,
+    save: Callable[[bool], str | None] | None = None,
     elapsed0: float = 0.0,
 ) -> Iterator[TrainReport]:
     """Train ``trainers`` interleaved until every target is reached or ``budget_s`` runs out.
 
-    ``save()`` (called every ``checkpoint_s`` seconds and whenever the loop ends: finished,
-    interrupted, or closed by its consumer) writes a checkpoint and returns its path. Under
+    ``save(interrupted)`` (called every ``checkpoint_s`` seconds and whenever the loop ends:
+    finished, or interrupted/closed by its consumer, ``interrupted`` True — then the user is
+    waiting, so only what resuming needs should be written) writes a checkpoint and returns its
+    path. Under
     several processes the stop and checkpoint decisions are taken by process 0 and broadcast,
     so every process takes the same steps.
     """
@@ -476,6 +478,7 @@ def train_loop(
             stop, ckpt = bool(flags[0]), bool(flags[1])
         return stop, ckpt
 
+    completed = False
     try:
         stop, _ = decide()
         while not stop:
@@ -485,11 +488,12 @@ def train_loop(
             stop, want_ckpt = decide()
             ckpt = None
             if want_ckpt and save is not None:
-                ckpt = save()
+                ckpt = save(False)
                 last_ckpt = time.monotonic()
                 dirty = False
             yield report(tr, loss, ckpt, False)
+        completed = True
     finally:
         if dirty and save is not None:
-            save()
+            save(not completed)
     yield report(None, float("nan"), None, True)
