@@ -64,6 +64,9 @@ def main() -> int:
                 color=colours[i % len(colours)], capsize=3, label=f"{row} (seed {seed})",
             )  # fmt: skip
     ax.set_xscale("log", base=2)
+    budgets = sorted({e for seeds in table.values() for p in seeds.values() for e in p})
+    ax.set_xticks(budgets, [str(e) for e in budgets])
+    ax.minorticks_off()
     ax.set_xlabel("training budget (epochs × 8 crops)")
     ax.set_ylabel("SEG on held-out frames")
     ax.grid(alpha=0.3)
