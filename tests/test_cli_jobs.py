@@ -50,6 +50,47 @@ def test_ctrl_c_while_showing_a_record_closes_the_job_then_says_what_was_kept():
     assert log == ["closed", "kept"]  # the core cleans up before the message is made
 
 
+def _swallowing(n: int, at: int, log: list[int]):
+    """Records 1..n; at record ``at`` a Ctrl-C arrives inside a library's bare ``except:``."""
+    import signal
+
+    try:
+        for i in range(1, n + 1):
+            if i == at:
+                try:
+                    signal.raise_signal(signal.SIGINT)
+                except:  # noqa: E722 (what Cellpose 3 does around its matplotlib import)
+                    pass
+            log.append(i)
+            yield i, n, f"record {i}"
+    finally:
+        log.append(-1)
+
+
+def test_a_ctrl_c_that_a_library_swallows_still_stops_the_job():
+    log: list[int] = []
+    with pytest.raises(Interrupted):
+        run_job(_swallowing(50, 3, log), total=50, desc="test")
+    assert log == [1, 2, 3, -1]  # stopped after the record it arrived in, and closed
+
+
+def test_a_cancel_that_a_library_swallows_still_stops_a_subprocess_job(
+    tmp_path, monkeypatch, capsys
+):
+    import json
+
+    from cellsynth import jobs
+
+    log: list[int] = []
+    monkeypatch.setitem(jobs.RUNNERS, "swallow", lambda spec: _swallowing(50, 2, log))
+    spec = tmp_path / "job.json"
+    spec.write_text(json.dumps({"kind": "swallow"}))
+    assert jobs.child_main([str(spec)]) == 130
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[-1] == {"cancelled": True} and len(lines) == 3  # two records, then cancelled
+    assert log == [1, 2, -1]
+
+
 def test_the_cli_has_one_progress_loop():
     tree = ast.parse(inspect.getsource(cli))
     bars = [

@@ -188,6 +188,8 @@ def run_job(
     """
     from tqdm import tqdm
 
+    from cellsynth.jobs import remembered_sigint
+
     bar = tqdm(
         total=total,
         desc=desc,
@@ -198,11 +200,14 @@ def run_job(
     )
     last = None
     try:
-        for last in job:
-            if update is None:
-                bar.update(1)
-            else:
-                update(bar, last)
+        with remembered_sigint() as asked:
+            for last in job:
+                if update is None:
+                    bar.update(1)
+                else:
+                    update(bar, last)
+                if asked.is_set():  # a Ctrl-C that a library swallowed
+                    raise KeyboardInterrupt
     except KeyboardInterrupt:
         job.close()  # the core's cleanup: a checkpoint, the weights so far, the lock released
         raise Interrupted(kept() if callable(kept) else kept) from None

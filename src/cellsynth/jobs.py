@@ -11,6 +11,7 @@ The napari widgets use :class:`SubprocessJob`; nothing here imports Qt.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -86,23 +87,38 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _remember_sigint() -> threading.Event:
-    """SIGINT raises KeyboardInterrupt as usual and is also remembered: a bare ``except:`` in a
-    library can swallow the exception (Cellpose 3 imports matplotlib inside one, which takes
-    seconds on a busy machine), but not the cancellation."""
+@contextlib.contextmanager
+def remembered_sigint() -> Iterator[threading.Event]:
+    """While inside, SIGINT raises KeyboardInterrupt as usual and also sets the event yielded.
+
+    A bare ``except:`` in a library can swallow the exception (Cellpose 3 imports matplotlib
+    inside one, which takes seconds on a busy machine or a fresh font cache), but not the
+    request: a progress loop checks the event after each report. Outside the main thread
+    (where no handler can be set) the event is never set.
+    """
     asked = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
 
     def handler(signum: int, frame: Any) -> None:
         asked.set()
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
-    return asked
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield asked
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def child_main(argv: list[str] | None = None) -> int:
     """Entry point of the child process: ``python -m cellsynth.jobs SPEC.json``."""
-    cancel = _remember_sigint()
+    with remembered_sigint() as cancel:
+        return _child_main(argv, cancel)
+
+
+def _child_main(argv: list[str] | None, cancel: threading.Event) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
     logging.basicConfig(
