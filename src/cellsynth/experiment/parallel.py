@@ -89,13 +89,7 @@ def run_rows_in_parallel(
                 running[dev] = (row, *_start(exp, dev, ["--only", row.name], row.slug, env))
                 yield ExperimentProgress("training", row.name, 0.0, f"started on {dev}")
             time.sleep(poll_seconds)
-            for dev, row, code in _ended(running):
-                if code != 0:
-                    raise CellsynthInputError(
-                        f"row {row.name!r} failed on {dev} (exit code {code}); "
-                        "its output is in this file",
-                        out / "logs" / f"{row.slug}.log",
-                    )
+            for dev, row in _ended(running, exp, lambda r: (f"row {r.name!r}", r.slug)):
                 left = len(pending) + len(running)
                 yield ExperimentProgress(
                     "evaluation", row.name, 1.0 - left / total, f"finished on {dev}"
@@ -147,13 +141,7 @@ def _ladder_in_parallel(
                 running[dev] = (rung, *_start(exp, dev, args, tag(rung), env))
                 yield ExperimentProgress("convergence", tag(rung), 0.0, f"started on {dev}")
             time.sleep(poll_seconds)
-            for dev, rung, code in _ended(running):
-                if code != 0:
-                    raise CellsynthInputError(
-                        f"convergence rung {tag(rung)} failed on {dev} (exit code {code}); "
-                        "its output is in this file",
-                        exp.out / "logs" / f"{tag(rung)}.log",
-                    )
+            for dev, rung in _ended(running, exp, lambda r: (f"convergence rung {tag(r)}", tag(r))):
                 yield ExperimentProgress("convergence", tag(rung), 1.0, f"finished on {dev}")
     finally:
         for _rung, proc, log_file in running.values():  # interrupted: stop this run's rungs
@@ -177,12 +165,23 @@ def _start(
     return proc, log_file
 
 
-def _ended(running: dict[str, tuple[Any, Any, Any]]) -> Iterator[tuple[str, Any, int]]:
+def _ended(
+    running: dict[str, tuple[Any, Any, Any]],
+    exp: Experiment,
+    names: Any,
+) -> Iterator[tuple[str, Any]]:
     """Take the processes of ``running`` (device: (item, process, log file)) that have ended
-    out of it: (device, item, exit code)."""
+    out of it: (device, item); one that failed raises, naming its log (``names(item)`` gives
+    the item's words and its log's name)."""
     for dev, (item, proc, log_file) in list(running.items()):
         if proc.poll() is None:
             continue
         log_file.close()
         del running[dev]
-        yield dev, item, proc.returncode
+        if proc.returncode != 0:
+            what, name = names(item)
+            raise CellsynthInputError(
+                f"{what} failed on {dev} (exit code {proc.returncode}); its output is in this file",
+                exp.out / "logs" / f"{name}.log",
+            )
+        yield dev, item
