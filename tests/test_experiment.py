@@ -311,6 +311,8 @@ def test_a_time_budget_and_a_convergence_ladder_exclude_each_other(tmp_path, cap
         ({"training": {"backend": "nope"}}, "'training': 'backend' must be one of cellpose3"),
         ({"synthetic": {"brightness": "x"}}, "'brightness' must be one of data, model"),
         ({"learn": {"voxel_size": [1, 0]}}, "'learn': 'voxel_size' must be three positive"),
+        ({"learn": {"lr_schedule": "step"}}, "'lr_schedule' must be one of constant_with_warmup"),
+        ({"learn": {"checkpoint_minutes": 0}}, "'checkpoint_minutes' must be a number >= 0.1"),
     ],
 )
 def test_bad_configs_get_one_line_errors(tmp_path, capsys, change, expected):
@@ -325,6 +327,38 @@ def test_bad_configs_get_one_line_errors(tmp_path, capsys, change, expected):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0] and str(path) in err[0]
     assert not (tmp_path / "out").exists()
+
+
+def test_a_real_row_does_not_wait_for_another_runs_bundle(tmp_path):
+    """A second ``cellsynth experiment`` on the same folder, for a row of real frames alone,
+    trains at once while the first run holds the folder for its bundle and synthesis (it used
+    to wait for the bundle: hours)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    cfg = _write(tmp_path, tiny_config())
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import sys, time
+            from cellsynth.locks import folder_lock
+            with folder_lock({str(out)!r}, "experiment folder"):
+                print("held", flush=True)
+                sys.stdin.read()
+            """)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        run = [sys.executable, "-m", "cellsynth", "-q", "experiment", str(cfg), "-o", str(out)]
+        done = subprocess.run([*run, "--only", "real"], timeout=300, capture_output=True)
+        assert done.returncode == 0, done.stderr
+        assert json.loads((out / "rows" / "real.json").read_text())["SEG"] is not None
+        assert not (out / "synthetic").exists()
+    finally:
+        holder.communicate("")
+    assert holder.returncode == 0
 
 
 def test_missing_frames_files_and_bad_json_are_named(tmp_path, capsys):

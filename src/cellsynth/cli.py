@@ -740,7 +740,7 @@ def _learn_parser(sub: Any) -> None:
     )
     p.add_argument("data", type=Path, nargs="+", help="annotated data: files or folders")
     p.add_argument("-o", "--output", type=Path, required=True, help="bundle folder to create")
-    from cellsynth.settings import Learn3DSettings, LearnSettings
+    from cellsynth.settings import LR_SCHEDULES, Learn3DSettings, LearnSettings
 
     d, q, d3 = LearnSettings(), LearnSettings.quality(), Learn3DSettings()
     p.add_argument(
@@ -791,7 +791,7 @@ def _learn_parser(sub: Any) -> None:
     p.add_argument(
         "--lr-schedule",
         default=None,
-        choices=("constant_with_warmup", "cosine", "linear"),
+        choices=LR_SCHEDULES,
         help=f"learning-rate schedule (default {d.lr_schedule}; cosine decays to 0 at the "
         "step targets, e.g. to finish a run started with --init-from)",
     )

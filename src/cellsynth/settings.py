@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+#: the learning-rate schedules ``learn`` offers (names of diffusers.optimization.get_scheduler)
+LR_SCHEDULES = ("constant_with_warmup", "cosine", "linear")
+
 
 @dataclass
 class LearnSettings:

@@ -24,7 +24,7 @@ from typing import Any
 
 from cellsynth.errors import CellsynthInputError
 from cellsynth.segmenters import DEFAULT_BACKEND, FinetuneSettings, backend_names
-from cellsynth.settings import Learn3DSettings, LearnSettings
+from cellsynth.settings import LR_SCHEDULES, Learn3DSettings, LearnSettings
 from cellsynth.synthesize import SynthesisParams
 
 log = logging.getLogger(__name__)
@@ -40,7 +40,18 @@ CONVERGENCE_KEYS = {"row", "start_epochs", "max_epochs", "tolerance", "learning_
 #: the settings fields each section may set, by dataclass (the defaults are the dataclasses')
 SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
     "learn": (
-        (LearnSettings, ("minutes", "mask_steps", "texture_steps", "seed")),
+        (
+            LearnSettings,
+            (
+                "minutes",
+                "mask_steps",
+                "texture_steps",
+                "seed",
+                "lr",
+                "lr_schedule",
+                "checkpoint_minutes",
+            ),
+        ),
         (Learn3DSettings, ("multiview_steps", "voxel_size")),
     ),
     "synthetic": ((SynthesisParams, ("seed", "steps", "cluster_prob", "brightness")),),
@@ -252,7 +263,8 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
         "minutes": (_NUM, 0, None), "mask_steps": (_INT, 0, None),
         "texture_steps": (_INT, 0, None), "seed": (_INT, None, None), "3d": (_BOOL, None, None),
         "multiview_steps": (_INT, 0, None), "tiny": (_BOOL, None, None),
-        "frames": (_STRS, None, None),
+        "frames": (_STRS, None, None), "lr": (_NUM, 0, None), "lr_schedule": (_STR, None, None),
+        "checkpoint_minutes": (_NUM, 0.1, None),
     },
     "synthetic": {
         "n": (_INT, 0, None), "seed": (_INT, None, None), "steps": (_INT, 1, 1000),
@@ -278,6 +290,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
 def _choices() -> dict[tuple[str, str], list[str]]:
     """The values a string key may take (backends: those registered now)."""
     return {
+        ("learn", "lr_schedule"): list(LR_SCHEDULES),
         ("synthetic", "brightness"): ["data", "model"],
         ("training", "backend"): backend_names(),
     }

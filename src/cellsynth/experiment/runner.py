@@ -210,8 +210,8 @@ class Experiment:
         self.command = list(command) if command is not None else sys.argv
         self.machine = machine_info(str(self._device()))
         needs = {r.rho for r in rows if r.synthetic}
-        with _preparation_lock(self.out):
-            if needs:
+        if needs:  # rows of real frames alone need no bundle: they need not wait for one
+            with _preparation_lock(self.out):
                 yield from self._ensure_bundle()
                 for rho in sorted(needs, key=lambda v: -1 if v is None else v):
                     yield from self._ensure_synthetic(rho)
