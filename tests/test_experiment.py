@@ -341,7 +341,7 @@ def test_a_real_row_does_not_wait_for_another_runs_bundle(tmp_path):
     out = tmp_path / "out"
     holder = subprocess.Popen(
         [sys.executable, "-c", textwrap.dedent(f"""
-            import sys, time
+            import sys
             from cellsynth.locks import folder_lock
             with folder_lock({str(out)!r}, "experiment folder"):
                 print("held", flush=True)
