@@ -22,7 +22,7 @@ import json
 import logging
 import os
 import platform
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -148,6 +148,7 @@ class GeneratorBundle:
     mask_unet: Any = None
     texture_unet: Any = None
     multiview: Any = None  # a MultiviewModel to save with the bundle (learn --3d), or None
+    _exemplars: list[Any] | None = field(default=None, repr=False)
 
     @property
     def cells(self) -> CellStats:
@@ -182,6 +183,16 @@ class GeneratorBundle:
     @property
     def crop_size(self) -> int:
         return int(self.meta["cells"]["crop_size"])
+
+    def exemplars(self) -> list[Any]:
+        """The training cells saved for exemplar-guided texture (:mod:`cellsynth.exemplars`);
+        empty when the bundle has none (bundles learnt before December 2026, 3D bundles)."""
+        from cellsynth import exemplars
+
+        if self._exemplars is None:
+            f = self.path / exemplars.FILE if self.path is not None else None
+            self._exemplars = exemplars.load(f) if f is not None and f.is_file() else []
+        return self._exemplars
 
     @property
     def density(self) -> float:
@@ -244,8 +255,13 @@ class GeneratorBundle:
 
     def save(self, path: str | Path | None = None) -> Path:
         """Write each model with ``save_pretrained`` (safetensors), then bundle.json."""
+        from cellsynth import exemplars
+
+        cells = self.exemplars()  # read from the old folder before the path moves
         path = Path(path or self.path)  # type: ignore[arg-type]
         path.mkdir(parents=True, exist_ok=True)
+        if cells and (path != self.path or not (path / exemplars.FILE).exists()):
+            exemplars.save(cells, path / exemplars.FILE)
         for name, model in (("mask_model", self.mask_unet), ("texture_model", self.texture_unet)):
             if model is not None:
                 _save_model(model, path / name)
@@ -464,6 +480,7 @@ def validate_meta(meta: dict[str, Any], where: Path) -> None:
     rho = _get(meta, "texture3d.rho")
     if rho is not _MISSING and rho is not None:
         _float(meta, "texture3d.rho", where, lo=0.0)
+    _float(meta, "exemplar_strength", where, lo=0.0, hi=1.0, strict=True, optional=True)
     if "shape_prior" in meta and not isinstance(meta["shape_prior"], dict):
         raise _bad(where, "shape_prior", "an object", meta["shape_prior"])
 

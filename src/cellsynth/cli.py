@@ -343,6 +343,7 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         seed=args.seed,
         size_factor=args.size_factor,
         brightness=args.brightness,
+        exemplar_strength=getattr(args, "exemplar_strength", None),
         rho=getattr(args, "rho", None),
         voxel_size=tuple(args.voxel_size) if getattr(args, "voxel_size", None) else None,
     )
@@ -903,6 +904,14 @@ def _synthesize_parser(sub: Any) -> None:
             type=int,
             default=None,
             help="texture DDIM steps (default: the bundle's, usually 10)",
+        )
+        p.add_argument(
+            "--exemplar-strength",
+            type=float,
+            default=None,
+            help="2D, bundles holding exemplar cells: how much of the diffusion schedule the "
+            "texture model repaints over real training cells warped onto the new masks (0-1; "
+            "1 = the model alone, from noise; default: the bundle's)",
         )
         p.add_argument(
             "--size-factor",

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellsynth import exemplars
 from cellsynth.atlas import CellAtlas, build_atlas
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded
@@ -316,6 +317,9 @@ def _learn(
         mask_cfg=mcfg,
         texture_cfg=tcfg,
     )
+    if atlas.ndim == 2:  # real cells to start the texture from (cellsynth.exemplars)
+        bundle._exemplars = exemplars.collect(slice_images, slice_labels)
+        bundle.meta["exemplar_strength"] = exemplars.DEFAULT_STRENGTH
     device = accelerator.device
     elapsed_now = [elapsed0]
     preview_pairs = [(pairs[0].image, pairs[0].labels)]

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellsynth import exemplars
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded, select_device
 from cellsynth.errors import CellsynthInputError
@@ -87,6 +88,10 @@ class SynthesisParams:
     # images' camera noise and uneven illumination added (bundles that record them);
     # "model": as the texture model paints it
     brightness: str = "data"
+    # exemplar-guided texture (bundles holding exemplar cells, 2D): the fraction of the
+    # diffusion schedule the texture model repaints over real training cells warped onto the
+    # new masks; 1 = the model alone, from noise; None = the bundle's default
+    exemplar_strength: float | None = None
 
     @property
     def is_3d(self) -> bool:
@@ -122,6 +127,10 @@ class SynthesisParams:
             )
         if self.steps is not None and self.steps < 1:
             raise CellsynthInputError(f"--steps must be >= 1, got {self.steps}")
+        if self.exemplar_strength is not None and not 0.0 < self.exemplar_strength <= 1.0:
+            raise CellsynthInputError(
+                f"--exemplar-strength must be in (0, 1], got {self.exemplar_strength}"
+            )
 
 
 @dataclass
@@ -177,6 +186,18 @@ class Synthesizer:
         of the model (4-channel texture models), else drawn after painting (--brightness data)."""
         b = self.bundle
         drawn = self.drawn_brightness(labels, params)
+        strength = self.exemplar_strength(labels, params)
+        if strength < 1.0:
+            if drawn is not None:
+                lut, background = drawn[0], drawn[1]
+            else:  # a texture model without brightness: the exemplars' own brightness
+                background = float(b.intensity.background_mean)
+                lut = np.full(int(labels.max()) + 1, np.nan)
+            rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(4)[3])
+            kw.update(
+                init=exemplars.compose(labels, b.exemplars(), lut, background, rng),
+                strength=strength,
+            )
         image = paint(
             b.texture_unet,
             self.texture_sampler,
@@ -192,6 +213,15 @@ class Synthesizer:
         if drawn is not None:
             return image, "condition", drawn[2]
         return (*self.brightness(image, labels, params), None)
+
+    def exemplar_strength(self, labels: np.ndarray, params: SynthesisParams) -> float:
+        """How much of the schedule the texture model repaints: 1 (from noise) for 3D stacks
+        and bundles without exemplar cells, else the parameter or the bundle's default."""
+        if np.asarray(labels).ndim != 2 or not self.bundle.exemplars():
+            return 1.0
+        if params.exemplar_strength is not None:
+            return float(params.exemplar_strength)
+        return float(self.bundle.meta.get("exemplar_strength", 1.0))
 
     def background(
         self,
@@ -335,6 +365,7 @@ class Synthesizer:
             cells_placed=pop.n_cells,
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
+            exemplar_strength=self.exemplar_strength(pop.labels, params),
             timing={"population": t1 - t0, "texture": t3 - t2},
         )
         return SyntheticPair(image=image, labels=pop.labels, table=pop.table, params=info)

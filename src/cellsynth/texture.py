@@ -269,8 +269,14 @@ def paint(
     max_side: int = 1024,
     batch_size: int = 2,  # larger batches of big slices run slower on CPU (cache)
     brightness: tuple[np.ndarray, float] | None = None,
+    init: np.ndarray | None = None,
+    strength: float = 1.0,
 ) -> np.ndarray:
     """Synthesise the intensity image of a 2D label image, or of each slice of a 3D one.
+
+    ``init`` (raw intensity units, the labels' shape) is a starting image the model repaints
+    from ``strength`` of the way along its schedule (:mod:`cellsynth.exemplars`); by default
+    it paints from pure noise.
 
     ``noise`` (S, 1, H, W) sets the initial noise; by default it is drawn from ``generator``,
     independent per slice, or, with ``rho``, correlated across the slices of a stack
@@ -301,6 +307,17 @@ def paint(
         noise = torch.randn((s, 1, h + ph, w + pw), generator=generator)
     elif noise.shape[-2:] != (h + ph, w + pw):
         noise = torch.nn.functional.pad(noise, (0, pw, 0, ph))
+    start = None
+    if init is not None and strength < 1.0:
+        if np.shape(init) != lab.shape:
+            raise CellsynthInputError(
+                f"the starting image {np.shape(init)} and the labels {lab.shape} differ in shape"
+            )
+        x0 = np.clip(stats.normalise(np.asarray(init, np.float64)) * 2 - 1, -1.5, 1.5)
+        x0 = x0.reshape(s, 1, h, w).astype(np.float32)
+        if ph or pw:
+            x0 = np.pad(x0, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+        start = torch.from_numpy(x0).to(device)
     c = torch.from_numpy(cond).to(device)
     tile = max_side if max(h + ph, w + pw) > max_side else None
     x = ddim_sample(
@@ -312,6 +329,8 @@ def paint(
         tile=tile,
         overlap=min(64, max_side // 4),
         batch_size=batch_size,
+        init=start,
+        strength=strength if start is not None else 1.0,
     )
     out = to_numpy(x)[:, 0, :h, :w]
     img = stats.denormalise((np.clip(out, -1.5, 1.5) + 1.0) / 2.0)

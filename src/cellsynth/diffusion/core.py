@@ -220,19 +220,38 @@ def ddim_sample(
     overlap: int = 32,
     batch_size: int | None = None,
     callback: Callable[[int, int], None] | None = None,
+    init: torch.Tensor | None = None,
+    strength: float = 1.0,
 ) -> torch.Tensor:
     """Denoise ``noise`` (B, C, H, W) with DDIM, eta = 0: the same noise gives the same result.
 
     ``cond`` (B, K, H, W) is concatenated to the input at every step. ``tile`` evaluates large
     canvases on overlapping tiles; ``batch_size`` splits a large batch into chunks.
+
+    With ``init`` (B, C, H, W, model units) and ``strength`` < 1, sampling starts from ``init``
+    noised to that fraction of the schedule (SDEdit, Meng et al. 2022): the model repaints the
+    fine detail and keeps the coarse layout. About ``steps`` steps are run either way.
     """
-    sampler.set_timesteps(steps)
+    if init is not None and strength < 1.0:
+        if not 0.0 < strength:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        sampler.set_timesteps(max(steps, math.ceil(steps / strength)))
+        t_max = strength * sampler.config.num_train_timesteps
+        begin = int(np.searchsorted(-sampler.timesteps.numpy(), -t_max))
+        begin = min(begin, len(sampler.timesteps) - 1)
+        if hasattr(sampler, "set_begin_index"):
+            sampler.set_begin_index(begin)
+        timesteps = sampler.timesteps[begin:]
+        x = sampler.add_noise(init.to(noise), noise, timesteps[:1])
+    else:
+        sampler.set_timesteps(steps)
+        timesteps = sampler.timesteps
+        x = noise
     # DDIM with eta = 0 is deterministic; multistep solvers (UniPC) have no eta and are too
     step_kw = {"eta": 0.0} if "eta" in inspect.signature(sampler.step).parameters else {}
-    x = noise
     n = x.shape[0]
     chunk = batch_size or n
-    for i, t in enumerate(sampler.timesteps):
+    for i, t in enumerate(timesteps):
         outs = []
         for s in range(0, n, chunk):
             xs = x[s : s + chunk]
@@ -244,7 +263,7 @@ def ddim_sample(
         model_out = torch.cat(outs) if len(outs) > 1 else outs[0]
         x = sampler.step(model_out, t, x, **step_kw).prev_sample
         if callback is not None:
-            callback(i + 1, len(sampler.timesteps))
+            callback(i + 1, len(timesteps))
     return x
 
 

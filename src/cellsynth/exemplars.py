@@ -1,0 +1,230 @@
+"""Exemplar-guided texture: real training cells, warped onto new masks, as the texture model's
+starting point.
+
+The texture model alone paints the coarse structure inside a nucleus (nucleoli, chromatin
+patches) as a mottle a classifier tells from real cells at a glance (docs/results.md). Real
+training cells hold that structure. A synthetic cell here starts from one of them: the one of
+closest area, turned and mirrored at random, warped onto the new mask in polar coordinates
+(each ray from the centre keeps its relative position between centre and boundary, so a
+nucleolus halfway out stays halfway out) and scaled to the cell's drawn brightness. The image of
+these warped cells on the frame's background level is then noised to a fraction ``strength`` of
+the diffusion schedule and denoised by the mask-conditioned texture model (SDEdit, Meng et al.
+2022): the model repaints the fine grain, the boundaries, the background's haze and the shared
+boundaries of touching cells, while the cells keep a real cell's layout. ``strength`` 1 is the
+model alone; 0 is the warped exemplars unchanged.
+
+The exemplars are crops of the training images (stage 1's image crops) saved in the bundle as
+safetensors (``exemplars.safetensors``): one flat array of pixels and masks and a table of
+offsets; nothing is unpickled. Pixels are kept as float16 (exact for 8- and 11-bit data, within
+0.05 % for 16-bit data: far below the texture's own grain).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cellsynth.errors import CellsynthInputError
+
+N_ANGLES = 72  # boundary radius sampled every 5 degrees
+PAD = 6  # px of real surroundings kept around each exemplar cell (its edge profile)
+FILE = "exemplars.safetensors"
+#: the strength bundles learnt since December 2026 record: on GOWT1 (docs/results.md) the
+#: classifier told real from synthetic crops at 0.54 with 0.3, 0.57 with 0.5, 0.75 with 0.15
+#: (the warped cells' own seams show) and 0.79 with the model alone
+DEFAULT_STRENGTH = 0.3
+
+
+@dataclass
+class Exemplar:
+    """One real cell: its image crop (raw units), its mask, the background level of its frame."""
+
+    image: np.ndarray  # (h, w) float32
+    mask: np.ndarray  # (h, w) bool
+    background: float
+
+    @property
+    def area(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def mean(self) -> float:
+        return float(self.image[self.mask].mean())
+
+
+def collect(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *, min_area: int = 16
+) -> list[Exemplar]:
+    """The whole cells (not cut by the image border) of 2D training images, with their rims."""
+    from scipy import ndimage
+
+    from cellsynth.texture import measure_brightness
+
+    out: list[Exemplar] = []
+    for img, lab in zip(images, labels, strict=True):
+        img = np.asarray(img, np.float32)
+        lab = np.asarray(lab)
+        if img.ndim != 2 or lab.shape != img.shape:
+            continue
+        background, _ = measure_brightness(img, lab)
+        for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+            if sl is None:
+                continue
+            (y0, y1), (x0, x1) = ((s.start, s.stop) for s in sl)
+            if y0 == 0 or x0 == 0 or y1 == lab.shape[0] or x1 == lab.shape[1]:
+                continue  # cut by the border: its shape is not a cell's
+            y0, x0 = max(0, y0 - PAD), max(0, x0 - PAD)
+            y1, x1 = min(lab.shape[0], y1 + PAD), min(lab.shape[1], x1 + PAD)
+            mask = lab[y0:y1, x0:x1] == i
+            if mask.sum() < min_area:
+                continue
+            out.append(Exemplar(img[y0:y1, x0:x1].copy(), mask, float(background)))
+    return out
+
+
+def save(exemplars: Sequence[Exemplar], path: str | Path) -> None:
+    """Write the exemplars as one safetensors file (atomically)."""
+    import torch
+
+    from cellsynth.diffusion.training import save_tensors
+
+    shapes = np.asarray([e.image.shape for e in exemplars], np.int64).reshape(-1, 2)
+    tensors = {
+        "pixels": torch.from_numpy(
+            np.concatenate([e.image.ravel() for e in exemplars]).astype(np.float16)
+            if exemplars
+            else np.zeros(0, np.float16)
+        ),
+        "masks": torch.from_numpy(
+            np.concatenate([e.mask.ravel() for e in exemplars]).astype(np.uint8)
+            if exemplars
+            else np.zeros(0, np.uint8)
+        ),
+        "shapes": torch.from_numpy(shapes),
+        "background": torch.tensor([e.background for e in exemplars], dtype=torch.float32),
+    }
+    save_tensors(Path(path), tensors)
+
+
+def load(path: str | Path) -> list[Exemplar]:
+    from cellsynth.diffusion.training import load_tensors
+
+    path = Path(path)
+    try:
+        t = load_tensors(path)
+        pixels, masks = t["pixels"].numpy().astype(np.float32), t["masks"].numpy().astype(bool)
+        shapes, background = t["shapes"].numpy(), t["background"].numpy()
+    except Exception as e:  # a truncated or foreign file
+        raise CellsynthInputError(f"{path}: not a cellsynth exemplar file ({e})") from None
+    sizes = shapes.prod(axis=1) if len(shapes) else np.zeros(0, np.int64)
+    if sizes.sum() != pixels.size or pixels.size != masks.size or len(background) != len(sizes):
+        raise CellsynthInputError(f"{path}: the exemplar table and its pixels disagree")
+    ends = np.cumsum(sizes)
+    out = []
+    for (h, w), end, n, bg in zip(shapes, ends, sizes, background, strict=True):
+        sl = slice(int(end - n), int(end))
+        out.append(Exemplar(pixels[sl].reshape(h, w), masks[sl].reshape(h, w), float(bg)))
+    return out
+
+
+def _polar(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Centroid (y, x) and boundary radius per angle bin of a star-shaped mask."""
+    ys, xs = np.nonzero(mask)
+    c = np.asarray([ys.mean(), xs.mean()])
+    dy, dx = ys - c[0], xs - c[1]
+    r = np.hypot(dy, dx) + 0.5  # a pixel reaches half a pixel further than its centre
+    b = (np.floor((np.arctan2(dy, dx) + np.pi) / (2 * np.pi) * N_ANGLES).astype(int)) % N_ANGLES
+    radius = np.zeros(N_ANGLES)
+    np.maximum.at(radius, b, r)
+    have = radius > 0
+    if not have.all():  # thin cells leave angles without pixels: interpolate around the circle
+        k = np.arange(N_ANGLES)
+        radius = np.interp(k, k[have], radius[have], period=N_ANGLES)
+    return c, np.maximum(radius, 1.0)
+
+
+def _radius_at(radius: np.ndarray, theta: np.ndarray) -> np.ndarray:
+    """Boundary radius at angles ``theta`` (radians), interpolated between bins."""
+    pos = (theta + np.pi) / (2 * np.pi) * N_ANGLES - 0.5
+    k = np.arange(N_ANGLES)
+    return np.interp(pos, k, radius, period=N_ANGLES)
+
+
+def warp(
+    exemplar: Exemplar, mask: np.ndarray, rng: np.random.Generator, *, rim: float = 1.3
+) -> tuple[np.ndarray, np.ndarray]:
+    """The exemplar's pixels mapped onto ``mask`` (a crop holding one cell) and the weight of
+    each pixel (1 inside the cell, fading to 0 at ``rim`` times its boundary radius)."""
+    from scipy import ndimage
+
+    c_t, r_t = _polar(mask)
+    c_e, r_e = _polar(exemplar.mask)
+    yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]].astype(np.float64)
+    dy, dx = yy - c_t[0], xx - c_t[1]
+    theta = np.arctan2(dy, dx)
+    rho = np.hypot(dy, dx) / _radius_at(r_t, theta)
+    turn = rng.uniform(-np.pi, np.pi)
+    sign = 1.0 if rng.random() < 0.5 else -1.0
+    src = np.angle(np.exp(1j * (sign * theta + turn)))
+    rs = rho * _radius_at(r_e, src)
+    coords = np.stack([c_e[0] + rs * np.sin(src), c_e[1] + rs * np.cos(src)])
+    values = ndimage.map_coordinates(exemplar.image, coords, order=1, mode="nearest")
+    weight = np.where(mask, 1.0, np.clip((rim - rho) / (rim - 1.0), 0.0, 1.0))
+    return values.astype(np.float32), weight.astype(np.float32)
+
+
+def choose(exemplars: Sequence[Exemplar], area: float, rng: np.random.Generator, k: int = 5):
+    """One of the ``k`` exemplars closest in area (log scale) to ``area``."""
+    areas = np.asarray([e.area for e in exemplars], np.float64)
+    order = np.argsort(np.abs(np.log(areas) - np.log(max(area, 1.0))))
+    return exemplars[int(order[int(rng.integers(min(k, len(order))))])]
+
+
+def compose(
+    labels: np.ndarray,
+    exemplars: Sequence[Exemplar],
+    lut: np.ndarray,
+    background: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """A frame of warped exemplars: each cell of ``labels`` (2D) gets one, its contrast over
+    its own frame's background scaled so its mean is ``lut[label]``; the rims fade into the
+    ``background`` level outside the cells. Raw intensity units, float32."""
+    from scipy import ndimage
+
+    lab = np.asarray(labels)
+    if lab.ndim != 2:
+        raise CellsynthInputError(f"exemplar texture needs a 2D label image, got {lab.shape}")
+    if not exemplars:
+        raise CellsynthInputError("the bundle holds no exemplar cells")
+    out = np.full(lab.shape, background, np.float64)
+    rim_w = np.zeros(lab.shape, np.float64)
+    rim_v = np.zeros(lab.shape, np.float64)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        grow = int(np.ceil(0.3 * max(s.stop - s.start for s in sl))) + 1
+        sl = tuple(
+            slice(max(0, s.start - grow), min(n, s.stop + grow))
+            for s, n in zip(sl, lab.shape, strict=True)
+        )
+        mask = lab[sl] == i
+        ex = choose(exemplars, float(mask.sum()), rng)
+        values, weight = warp(ex, mask, rng)
+        contrast = float(values[mask].mean()) - ex.background  # as warped onto this mask
+        want = float(lut[i]) if i < len(lut) else np.nan
+        ok = contrast > 1e-6 and np.isfinite(want)
+        scale = (want - background) / contrast if ok else 1.0  # NaN: the exemplar's own
+        values = background + (values - ex.background) * scale
+        out[sl][mask] = values[mask]
+        free = lab[sl] == 0
+        # where two cells' rims overlap, the nearer (heavier) one wins
+        better = free & (weight > rim_w[sl])
+        rim_w[sl][better] = weight[better]
+        rim_v[sl][better] = values[better]
+    bg = lab == 0
+    out[bg] = background + rim_w[bg] * (rim_v[bg] - background)
+    return out.astype(np.float32)

@@ -1,0 +1,188 @@
+"""Exemplar-guided texture (cellsynth.exemplars, issue #18): real training cells warped onto new
+masks as the texture model's starting point, saved in the bundle as safetensors, used by
+``cellsynth synthesize --exemplar-strength`` and by experiment configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from cellsynth import exemplars
+from cellsynth.bundle import GeneratorBundle
+from cellsynth.cli import main
+from cellsynth.diffusion.core import (
+    DiffusionConfig,
+    build_unet,
+    ddim_sample,
+    make_sampler,
+    make_train_scheduler,
+)
+from cellsynth.errors import CellsynthInputError
+from conftest import disks, learn_tiny, write_pairs
+
+
+def _nucleolus_image(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Cells at 600 over a background of 100, each with a dark 'nucleolus' right of centre."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    img = np.where(labels > 0, 600.0, 100.0)
+    for i, (cy, cx) in enumerate(ndimage.center_of_mass(labels > 0, labels, np.unique(labels)[1:])):
+        yy, xx = np.indices(labels.shape)
+        img[((yy - cy) ** 2 + (xx - cx - 3) ** 2 <= 4) & (labels == i + 1)] = 250.0
+    return np.clip(img + rng.normal(0, 5, labels.shape), 0, 65535).astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    lab = disks(shape=(96, 96), centres=((24, 24), (30, 66), (70, 40)), radius=9)
+    pairs = [(f"a{i}", _nucleolus_image(lab, i), lab) for i in range(2)]
+    return write_pairs(tmp_path_factory.mktemp("ex"), pairs)
+
+
+@pytest.fixture(scope="module")
+def bundle(folder, tmp_path_factory):
+    return learn_tiny(folder, tmp_path_factory.mktemp("b") / "bundle")
+
+
+def test_collect_keeps_whole_cells_with_their_rim_and_skips_cut_ones():
+    lab = disks(shape=(64, 64), centres=((20, 20), (40, 44), (2, 60)), radius=6)
+    img = _nucleolus_image(lab)
+    cells = exemplars.collect([img], [lab])
+    assert len(cells) == 2  # the third touches the border
+    for e in cells:
+        assert e.mask.sum() == (lab == 1).sum()
+        assert e.image.shape == e.mask.shape and not e.mask[0].any()  # rim around the cell
+        assert e.background == pytest.approx(100, abs=10)
+        assert e.mean > 450
+
+
+def test_exemplars_round_trip_through_safetensors_and_a_bad_file_is_named(tmp_path):
+    lab = disks(shape=(64, 64), centres=((20, 20), (40, 44)), radius=6)
+    cells = exemplars.collect([_nucleolus_image(lab)], [lab])
+    path = tmp_path / exemplars.FILE
+    exemplars.save(cells, path)
+    back = exemplars.load(path)
+    assert len(back) == len(cells)
+    for a, b in zip(cells, back, strict=True):
+        np.testing.assert_array_equal(a.mask, b.mask)
+        np.testing.assert_allclose(a.image, b.image)  # integers below 2048: float16 is exact
+        assert a.background == pytest.approx(b.background)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(CellsynthInputError, match=exemplars.FILE):
+        exemplars.load(path)
+
+
+def test_warp_maps_centre_to_centre_and_boundary_to_boundary():
+    """A cell warped onto a larger disk keeps its nucleolus at the same relative place."""
+    lab = disks(shape=(40, 40), centres=((20, 20),), radius=8)
+    img = np.where(lab > 0, 600.0, 100.0)
+    img[(lab > 0) & (np.hypot(*np.indices(lab.shape) - 20) <= 2)] = 250.0  # central nucleolus
+    (cell,) = exemplars.collect([img], [lab])
+    target = disks(shape=(60, 60), centres=((30, 30),), radius=14) > 0
+    values, weight = exemplars.warp(cell, target, np.random.default_rng(0))
+    r = np.hypot(*(np.indices(target.shape) - 30))
+    assert values[r <= 2].mean() < 300  # the nucleolus, scaled with the cell
+    assert values[(r > 6) & (r < 12)].mean() == pytest.approx(600, abs=20)
+    assert (weight[target] == 1).all() and weight[r > 14 * 1.3 + 1].max() == 0
+    assert values[(r > 16) & (weight > 0)].mean() < 400  # the real rim fades outwards
+
+
+def test_compose_gives_each_cell_its_drawn_brightness():
+    lab = disks(shape=(64, 64), centres=((20, 20), (40, 44)), radius=6)
+    cells = exemplars.collect([_nucleolus_image(lab)], [lab])
+    canvas = disks(shape=(80, 80), centres=((20, 20), (50, 55)), radius=8)
+    lut = np.array([0.0, 300.0, 900.0])
+    out = exemplars.compose(canvas, cells, lut, 50.0, np.random.default_rng(0))
+    assert out[canvas == 1].mean() == pytest.approx(300, rel=0.03)
+    assert out[canvas == 2].mean() == pytest.approx(900, rel=0.03)
+    assert out[0, 0] == pytest.approx(50)  # far from the cells: the background level
+    with pytest.raises(CellsynthInputError, match="2D"):
+        exemplars.compose(canvas[None], cells, lut, 50.0, np.random.default_rng(0))
+    with pytest.raises(CellsynthInputError, match="no exemplar"):
+        exemplars.compose(canvas, [], lut, 50.0, np.random.default_rng(0))
+
+
+def test_sdedit_keeps_the_start_at_low_strength_and_ignores_it_at_one():
+    cfg = DiffusionConfig(sample_size=16, widths=(8, 16), attention=(False, False))
+    torch.manual_seed(0)
+    unet = build_unet(cfg).eval()
+    sampler = make_sampler(make_train_scheduler(cfg))
+    noise = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(0))
+    init = torch.zeros((1, 1, 16, 16))
+    init[..., 4:12, 4:12] = 1.0
+
+    def run(strength):
+        return ddim_sample(unet, sampler, noise, steps=4, init=init, strength=strength)
+
+    near = run(0.02)
+    assert (near - init).abs().mean() < 0.2
+    far = run(0.9)
+    assert (far - init).abs().mean() > (near - init).abs().mean()
+    torch.testing.assert_close(run(1.0), ddim_sample(unet, sampler, noise, steps=4))
+
+
+def test_learn_saves_the_training_cells_and_synthesis_starts_from_them(bundle, tmp_path, capsys):
+    """Through the CLI: the learnt bundle holds exemplars; --exemplar-strength changes the
+    image (same seed, same labels) and is recorded; out of (0, 1] it is refused by name."""
+    b = GeneratorBundle.load(bundle)
+    assert len(b.exemplars()) == 6
+    copy = tmp_path / "copy"
+    b.save(copy)  # a saved copy keeps them
+    assert len(GeneratorBundle.load(copy).exemplars()) == 6
+
+    def synth(name, *extra):
+        out = tmp_path / name
+        args = ["synthesize", "--bundle", str(bundle), "-o", str(out), "-n", "1"]
+        assert main([*args, "--size", "64", "64", "--seed", "3", *extra]) == 0
+        meta = json.loads((out / "dataset.json").read_text())
+        (rec,) = meta["samples"].values()
+        img = tifffile.imread(next((out / "images").iterdir()))
+        lab = tifffile.imread(next((out / "labels").iterdir()))
+        return img, lab, rec
+
+    model_img, model_lab, rec = synth("model", "--exemplar-strength", "1")
+    assert rec["exemplar_strength"] == 1.0
+    ex_img, ex_lab, rec = synth("ex", "--exemplar-strength", "0.6")
+    np.testing.assert_array_equal(model_lab, ex_lab)
+    assert model_lab.any() and not np.array_equal(model_img, ex_img)
+    assert rec["exemplar_strength"] == 0.6
+    assert json.loads((bundle / "bundle.json").read_text())["exemplar_strength"] == 0.3
+    default_img, _, rec = synth("default")  # the bundle's own strength
+    assert rec["exemplar_strength"] == exemplars.DEFAULT_STRENGTH
+    assert not np.array_equal(default_img, model_img)
+    bad = ["synthesize", "--bundle", str(bundle), "-o", str(tmp_path / "bad")]
+    assert main([*bad, "--exemplar-strength", "0"]) != 0
+    assert "--exemplar-strength must be in (0, 1], got 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
+def test_a_bundle_without_exemplars_paints_from_noise_whatever_the_strength(bundle, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(bundle, old)
+    (old / exemplars.FILE).unlink()
+    outs = []
+    for s in ("1", "0.3"):
+        out = tmp_path / f"o{s}"
+        args = ["synthesize", "--bundle", str(old), "-o", str(out), "-n", "1", "--seed", "1"]
+        assert main([*args, "--size", "64", "64", "--exemplar-strength", s]) == 0
+        outs.append(tifffile.imread(next((out / "images").iterdir())))
+    np.testing.assert_array_equal(*outs)
+
+
+def test_a_bundle_with_a_bad_exemplar_strength_is_refused_by_name(bundle, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle, bad)
+    meta = json.loads((bad / "bundle.json").read_text())
+    meta["exemplar_strength"] = 1.5
+    (bad / "bundle.json").write_text(json.dumps(meta))
+    with pytest.raises(CellsynthInputError, match="exemplar_strength"):
+        GeneratorBundle.load(bad)
