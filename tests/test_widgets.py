@@ -223,6 +223,10 @@ def test_widget_defaults_are_the_core_settings_defaults(make_napari_viewer_proxy
     assert tune.epochs.value == FinetuneSettings().epochs
     assert tune.p_real.value == FinetuneSettings().p_real
     assert synth.params() == SynthesisParams()  # texture steps 0 = the bundle's (None)
+    synth.exemplar.value = 0.4  # exemplar strength: 0 = the bundle's, else passed on
+    assert synth.params().exemplar_strength == pytest.approx(0.4)
+    synth.dims.value = "3D"
+    assert not synth.exemplar.visible  # 3D stacks are painted from noise
 
 
 def test_layer_pickers_list_the_layers_of_their_napari_class(make_napari_viewer_proxy):

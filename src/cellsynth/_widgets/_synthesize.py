@@ -149,6 +149,16 @@ class SynthesizeWidget(Container):
             tooltip="data: each cell's mean brightness drawn from the training cells (bundles "
             "that record them); model: as the texture model paints it",
         )
+        self.exemplar = FloatSpinBox(
+            label="exemplar strength (0 = bundle's)",
+            value=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="2D, bundles holding their training cells: how much of the diffusion "
+            "schedule the texture model repaints over real cells warped onto the new masks "
+            "(1 = the model alone, from noise)",
+        )
         self.seed = SpinBox(label="seed", value=defaults.seed, min=0, max=2**31 - 1)
         self.how_many = SpinBox(label="how many", value=1, min=1, max=1000)
         self.save_to = folder_edit("write to folder")
@@ -177,6 +187,7 @@ class SynthesizeWidget(Container):
                 self.cluster,
                 self.steps,
                 self.brightness,
+                self.exemplar,
                 self.seed,
                 self.how_many,
                 self.save_to,
@@ -205,6 +216,7 @@ class SynthesizeWidget(Container):
     def _on_dims(self, value: str) -> None:
         three = value == "3D"
         self.canvas_z.visible = self.rho.visible = three
+        self.exemplar.visible = not three
         if three and self.canvas_h.value > 512:  # 3D canvases cost Z times a 2D one
             self.canvas_h.value = self.canvas_w.value = 256
 
@@ -219,6 +231,7 @@ class SynthesizeWidget(Container):
             steps=int(self.steps.value) or None,
             seed=int(self.seed.value),
             brightness=str(self.brightness.value),
+            exemplar_strength=float(self.exemplar.value) or None,
         )
 
     def _run(self) -> None:
