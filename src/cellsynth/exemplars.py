@@ -15,8 +15,8 @@ model alone; 0 is the warped exemplars unchanged.
 
 The exemplars are crops of the training images (stage 1's image crops) saved in the bundle as
 safetensors (``exemplars.safetensors``): one flat array of pixels and masks and a table of
-offsets; nothing is unpickled. Pixels are kept as float16 (exact for 8- and 11-bit data, within
-0.05 % for 16-bit data: far below the texture's own grain).
+offsets; nothing is unpickled. Pixels of 8-bit data are kept as they are, others as float16
+(exact to 11 bits, within 0.05 % above: far below the texture's own grain); masks as bits.
 """
 
 from __future__ import annotations
@@ -92,17 +92,14 @@ def save(exemplars: Sequence[Exemplar], path: str | Path) -> None:
     from cellsynth.diffusion.training import save_tensors
 
     shapes = np.asarray([e.image.shape for e in exemplars], np.int64).reshape(-1, 2)
+    pixels = np.concatenate([e.image.ravel() for e in exemplars]) if exemplars else np.zeros(0)
+    masks = np.concatenate([e.mask.ravel() for e in exemplars]) if exemplars else np.zeros(0)
+    whole = np.array_equal(pixels, np.round(pixels))
+    small = whole and (pixels.size == 0 or (pixels.min() >= 0 and pixels.max() <= 255))
     tensors = {
-        "pixels": torch.from_numpy(
-            np.concatenate([e.image.ravel() for e in exemplars]).astype(np.float16)
-            if exemplars
-            else np.zeros(0, np.float16)
-        ),
-        "masks": torch.from_numpy(
-            np.concatenate([e.mask.ravel() for e in exemplars]).astype(np.uint8)
-            if exemplars
-            else np.zeros(0, np.uint8)
-        ),
+        # 8-bit data as it was; anything else as float16
+        "pixels": torch.from_numpy(pixels.astype(np.uint8 if small else np.float16)),
+        "masks": torch.from_numpy(np.packbits(masks.astype(bool))),
         "shapes": torch.from_numpy(shapes),
         "background": torch.tensor([e.background for e in exemplars], dtype=torch.float32),
     }
@@ -115,8 +112,9 @@ def load(path: str | Path) -> list[Exemplar]:
     path = Path(path)
     try:
         t = load_tensors(path)
-        pixels, masks = t["pixels"].numpy().astype(np.float32), t["masks"].numpy().astype(bool)
+        pixels = t["pixels"].numpy().astype(np.float32)
         shapes, background = t["shapes"].numpy(), t["background"].numpy()
+        masks = np.unpackbits(t["masks"].numpy())[: pixels.size].astype(bool)
     except Exception as e:  # a truncated or foreign file
         raise CellsynthInputError(f"{path}: not a cellsynth exemplar file ({e})") from None
     sizes = shapes.prod(axis=1) if len(shapes) else np.zeros(0, np.int64)
