@@ -61,6 +61,16 @@ def test_collect_keeps_whole_cells_with_their_rim_and_skips_cut_ones():
         assert e.mean > 450
 
 
+def test_collect_keeps_a_seeded_subset_of_large_data_sets():
+    lab = disks(shape=(64, 64), centres=((20, 20), (40, 44)), radius=6)
+    img = _nucleolus_image(lab)
+    all_cells = exemplars.collect([img] * 5, [lab] * 5)
+    some = exemplars.collect([img] * 5, [lab] * 5, limit=3)
+    again = exemplars.collect([img] * 5, [lab] * 5, limit=3)
+    assert len(all_cells) == 10 and len(some) == 3
+    assert [e.area for e in some] == [e.area for e in again]
+
+
 def test_exemplars_round_trip_through_safetensors_and_a_bad_file_is_named(tmp_path):
     lab = disks(shape=(64, 64), centres=((20, 20), (40, 44)), radius=6)
     cells = exemplars.collect([_nucleolus_image(lab)], [lab])

@@ -32,6 +32,7 @@ from cellsynth.errors import CellsynthInputError
 N_ANGLES = 72  # boundary radius sampled every 5 degrees
 PAD = 6  # px of real surroundings kept around each exemplar cell (its edge profile)
 FILE = "exemplars.safetensors"
+MAX_EXEMPLARS = 2000  # a bundle keeps at most this many (about 8 MB of 16-bit 40 px cells)
 #: the strength bundles learnt since December 2026 record: on GOWT1 (docs/results.md) the
 #: classifier told real from synthetic crops at 0.54 with 0.3, 0.57 with 0.5, 0.75 with 0.15
 #: (the warped cells' own seams show) and 0.79 with the model alone
@@ -56,9 +57,14 @@ class Exemplar:
 
 
 def collect(
-    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], *, min_area: int = 16
+    images: Sequence[np.ndarray],
+    labels: Sequence[np.ndarray],
+    *,
+    min_area: int = 16,
+    limit: int = MAX_EXEMPLARS,
 ) -> list[Exemplar]:
-    """The whole cells (not cut by the image border) of 2D training images, with their rims."""
+    """The whole cells (not cut by the image border) of 2D training images, with their rims;
+    at most ``limit`` of them, an even random subset (seeded: the same data keep the same)."""
     from scipy import ndimage
 
     from cellsynth.texture import measure_brightness
@@ -82,6 +88,9 @@ def collect(
             if mask.sum() < min_area:
                 continue
             out.append(Exemplar(img[y0:y1, x0:x1].copy(), mask, float(background)))
+    if len(out) > limit:
+        keep = np.sort(np.random.default_rng(0).choice(len(out), size=limit, replace=False))
+        out = [out[int(k)] for k in keep]
     return out
 
 
