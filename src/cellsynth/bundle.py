@@ -257,11 +257,12 @@ class GeneratorBundle:
         """Write each model with ``save_pretrained`` (safetensors), then bundle.json."""
         from cellsynth import exemplars
 
-        cells = self.exemplars()  # read from the old folder before the path moves
         path = Path(path or self.path)  # type: ignore[arg-type]
         path.mkdir(parents=True, exist_ok=True)
-        if cells and (path != self.path or not (path / exemplars.FILE).exists()):
-            exemplars.save(cells, path / exemplars.FILE)
+        if path != self.path or not (path / exemplars.FILE).exists():
+            cells = self.exemplars()  # read from the old folder (self.path moves below)
+            if cells:
+                exemplars.save(cells, path / exemplars.FILE)
         for name, model in (("mask_model", self.mask_unet), ("texture_model", self.texture_unet)):
             if model is not None:
                 _save_model(model, path / name)

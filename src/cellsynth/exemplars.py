@@ -51,10 +51,6 @@ class Exemplar:
     def area(self) -> int:
         return int(self.mask.sum())
 
-    @property
-    def mean(self) -> float:
-        return float(self.image[self.mask].mean())
-
 
 def collect(
     images: Sequence[np.ndarray],

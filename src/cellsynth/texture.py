@@ -152,12 +152,18 @@ def draw_brightness(
     return lut, background
 
 
+def model_units(raw: np.ndarray, stats: IntensityStats) -> np.ndarray:
+    """Raw intensities in the texture model's units: the data set's range to [-1, 1], clipped
+    to [-1.5, 1.5] (what it trains on, is conditioned on and starts from)."""
+    return np.clip(stats.normalise(raw) * 2 - 1, -1.5, 1.5)
+
+
 def _brightness_channel(
     labels: np.ndarray, lut: np.ndarray, background: float, stats: IntensityStats
 ) -> np.ndarray:
     """The brightness channel in model units: each cell's value inside it, background outside."""
-    values = np.clip(stats.normalise(np.asarray(lut, np.float64)) * 2 - 1, -1.5, 1.5)
-    bg = float(np.clip(stats.normalise(np.asarray([background]))[0] * 2 - 1, -1.5, 1.5))
+    values = model_units(np.asarray(lut, np.float64), stats)
+    bg = float(model_units(np.asarray([background], np.float64), stats)[0])
     chan = values[labels].astype(np.float32)
     chan[labels == 0] = bg
     return chan
@@ -210,7 +216,7 @@ class TextureTiles:
         for img, lab in zip(images, labels, strict=True):
             if min(img.shape) < tile:
                 img, lab = _pad_to(img, tile, "reflect"), _pad_to(lab, tile, "constant")
-            x = np.clip(stats.normalise(img) * 2 - 1, -1.5, 1.5)
+            x = model_units(img, stats)
             self.x.append(torch.from_numpy(x[None].astype(np.float32)))
             cond = label_condition(lab)
             if brightness:
@@ -313,8 +319,7 @@ def paint(
             raise CellsynthInputError(
                 f"the starting image {np.shape(init)} and the labels {lab.shape} differ in shape"
             )
-        x0 = np.clip(stats.normalise(np.asarray(init, np.float64)) * 2 - 1, -1.5, 1.5)
-        x0 = x0.reshape(s, 1, h, w).astype(np.float32)
+        x0 = model_units(np.asarray(init, np.float64), stats).reshape(s, 1, h, w).astype(np.float32)
         if ph or pw:
             x0 = np.pad(x0, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
         start = torch.from_numpy(x0).to(device)
