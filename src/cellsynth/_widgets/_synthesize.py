@@ -150,7 +150,7 @@ class SynthesizeWidget(Container):
             "that record them); model: as the texture model paints it",
         )
         self.exemplar = FloatSpinBox(
-            label="exemplar strength (0 = bundle's)",
+            label="exemplar (0 = bundle's)",
             value=0.0,
             min=0.0,
             max=1.0,
