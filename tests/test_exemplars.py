@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from scipy import ndimage
 
 from cellsynth import exemplars
 from cellsynth.bundle import GeneratorBundle
@@ -98,8 +99,25 @@ def test_warp_maps_centre_to_centre_and_boundary_to_boundary():
     r = np.hypot(*(np.indices(target.shape) - 30))
     assert values[r <= 2].mean() < 300  # the nucleolus, scaled with the cell
     assert values[(r > 6) & (r < 12)].mean() == pytest.approx(600, abs=20)
-    assert (weight[target] == 1).all() and weight[r > 14 * 1.3 + 1].max() == 0
+    assert (weight[target] == 1).all() and weight[r > 14 + exemplars.PAD + 1].max() == 0
+    assert weight[(r > 14.5) & (r < 14 + exemplars.KEEP - 0.5)].min() == 1  # the edge profile
     assert values[(r > 16) & (weight > 0)].mean() < 400  # the real rim fades outwards
+
+
+def test_warp_keeps_the_real_edge_profile_in_pixels_on_a_larger_cell():
+    """A soft edge (a halo falling 100 per px outside the cell) keeps its width in pixels on a
+    cell three times larger, so the edge is as soft as the real one, not stretched or cut."""
+    lab = disks(shape=(40, 40), centres=((20, 20),), radius=8)
+    beyond = ndimage.distance_transform_edt(lab == 0)
+    img = np.where(lab > 0, 600.0, np.maximum(600.0 - 100.0 * beyond, 100.0))
+    (cell,) = exemplars.collect([img], [lab])
+    target = disks(shape=(80, 80), centres=((40, 40),), radius=24) > 0
+    values, weight = exemplars.warp(cell, target, np.random.default_rng(0))
+    out = ndimage.distance_transform_edt(~target)
+    for d in (1, 2, 3):
+        ring = (out > d - 0.5) & (out <= d + 0.5)
+        assert values[ring].mean() == pytest.approx(600 - 100 * d, abs=60), d
+        assert weight[ring].min() == 1 or d > exemplars.KEEP - 1
 
 
 def test_compose_gives_each_cell_its_drawn_brightness():
@@ -117,7 +135,8 @@ def test_compose_gives_each_cell_its_drawn_brightness():
         exemplars.compose(canvas, [], lut, 50.0, np.random.default_rng(0))
 
 
-def test_sdedit_keeps_the_start_at_low_strength_and_ignores_it_at_one():
+def _tiny_denoiser():
+    """An untrained 16² UNet, its DDIM sampler, a fixed noise and a square as the start."""
     cfg = DiffusionConfig(sample_size=16, widths=(8, 16), attention=(False, False))
     torch.manual_seed(0)
     unet = build_unet(cfg).eval()
@@ -125,6 +144,11 @@ def test_sdedit_keeps_the_start_at_low_strength_and_ignores_it_at_one():
     noise = torch.randn((1, 1, 16, 16), generator=torch.Generator().manual_seed(0))
     init = torch.zeros((1, 1, 16, 16))
     init[..., 4:12, 4:12] = 1.0
+    return unet, sampler, noise, init
+
+
+def test_sdedit_keeps_the_start_at_low_strength_and_ignores_it_at_one():
+    unet, sampler, noise, init = _tiny_denoiser()
 
     def run(strength):
         return ddim_sample(unet, sampler, noise, steps=4, init=init, strength=strength)
@@ -134,6 +158,40 @@ def test_sdedit_keeps_the_start_at_low_strength_and_ignores_it_at_one():
     far = run(0.9)
     assert (far - init).abs().mean() > (near - init).abs().mean()
     torch.testing.assert_close(run(1.0), ddim_sample(unet, sampler, noise, steps=4))
+
+
+def test_a_strength_map_repaints_its_low_pixels_less_and_a_flat_one_changes_nothing():
+    """Differential diffusion: where the map is 0 the result stays near the start, where it is
+    the full strength the pixels are repainted as without a map."""
+    unet, sampler, noise, init = _tiny_denoiser()
+
+    def run(strength_map=None):
+        return ddim_sample(  # enough steps that the last one is close to the data
+            unet, sampler, noise, steps=20, init=init, strength=0.9, strength_map=strength_map
+        )
+
+    torch.testing.assert_close(run(torch.full((1, 1, 16, 16), 0.9)), run())
+    held = torch.full((1, 1, 16, 16), 0.9)
+    held[..., :, :8] = 0.0  # the left half is held at the start
+    out, free = run(held), run()
+    left, right = (slice(None), slice(None), slice(None), slice(0, 8)), (..., slice(8, 16))
+    assert (out[left] - init[left]).abs().mean() < 0.2 < (free[left] - init[left]).abs().mean()
+    assert (out[right] - init[right]).abs().mean() > 0.2
+    with pytest.raises(ValueError, match="strength map"):
+        ddim_sample(unet, sampler, noise, steps=4, strength_map=held)
+
+
+def test_the_strength_map_is_low_on_every_cell_edge_and_full_inside():
+    lab = disks(shape=(64, 64), centres=((20, 20), (20, 37)), radius=9)  # two touching cells
+    assert ((lab == 1) & np.roll(lab == 2, -1, axis=1)).any()
+    m = exemplars.strength_map(lab, 0.3, edge=0.0, width=4.0)
+    d_in = ndimage.distance_transform_edt(lab > 0)
+    assert m[(lab > 0) & (d_in <= 1)].max() <= 0.3 / 4 + 1e-6  # outermost pixels, shared ones
+    assert m[(lab == 0) & (ndimage.distance_transform_edt(lab == 0) <= 1)].max() <= 0.3 / 4 + 1e-6
+    assert m[20, 20] == m[20, 37] == m[0, 0] == pytest.approx(0.3)  # centres, background
+    assert m[20, 28:30].max() <= 0.3 / 4 + 1e-6  # where the two cells touch
+    assert exemplars.strength_map(lab, 0.05, edge=0.1).max() == pytest.approx(0.05)
+    assert (exemplars.strength_map(np.zeros((8, 8), int), 0.3) == np.float32(0.3)).all()
 
 
 def test_learn_saves_the_training_cells_and_synthesis_starts_from_them(bundle, tmp_path, capsys):

@@ -194,6 +194,14 @@ class GeneratorBundle:
             self._exemplars = exemplars.load(f) if f is not None and f.is_file() else []
         return self._exemplars
 
+    def set_exemplars(self, cells: list[Any], strength: float) -> None:
+        """Keep ``cells`` (:func:`cellsynth.exemplars.collect`) as the bundle's exemplars, to be
+        written by :meth:`save`, and ``strength`` as its default exemplar strength."""
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"exemplar strength must be in [0, 1], got {strength}")
+        self._exemplars = list(cells)
+        self.meta["exemplar_strength"] = float(strength)
+
     @property
     def density(self) -> float:
         return float(self.meta["cells"]["density"])

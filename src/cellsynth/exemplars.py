@@ -31,6 +31,11 @@ from cellsynth.errors import CellsynthInputError
 
 N_ANGLES = 72  # boundary radius sampled every 5 degrees
 PAD = 6  # px of real surroundings kept around each exemplar cell (its edge profile)
+#: the strength at the cells' edges (:func:`strength_map`): measured on GOWT1 (docs/results.md),
+#: the texture model repainting the edges at the full strength makes them sharper than real
+EDGE_STRENGTH = 0.0
+EDGE_WIDTH = 6.0  # px from a cell's boundary over which the strength rises to the full one
+KEEP = 3.0  # px outside a warped cell kept whole before its rim fades (edge metrics see 2 px)
 FILE = "exemplars.safetensors"
 MAX_EXEMPLARS = 2000  # a bundle keeps at most this many (about 8 MB of 16-bit 40 px cells)
 #: the strength bundles learnt since December 2026 record: on GOWT1 (docs/results.md) the
@@ -157,10 +162,13 @@ def _radius_at(radius: np.ndarray, theta: np.ndarray) -> np.ndarray:
 
 
 def warp(
-    exemplar: Exemplar, mask: np.ndarray, rng: np.random.Generator, *, rim: float = 1.3
+    exemplar: Exemplar, mask: np.ndarray, rng: np.random.Generator, *, keep: float = KEEP
 ) -> tuple[np.ndarray, np.ndarray]:
     """The exemplar's pixels mapped onto ``mask`` (a crop holding one cell) and the weight of
-    each pixel (1 inside the cell, fading to 0 at ``rim`` times its boundary radius)."""
+    each pixel. Inside, each ray keeps its relative position between centre and boundary;
+    outside, its distance to the boundary in pixels, so the real edge profile (its blur, its
+    halo) keeps its width whatever the cell's size. The weight is 1 inside the cell and up to
+    ``keep`` px outside it, then fades to 0 at the exemplar's rim (``PAD`` px)."""
     from scipy import ndimage
 
     c_t, r_t = _polar(mask)
@@ -168,14 +176,17 @@ def warp(
     yy, xx = np.mgrid[: mask.shape[0], : mask.shape[1]].astype(np.float64)
     dy, dx = yy - c_t[0], xx - c_t[1]
     theta = np.arctan2(dy, dx)
-    rho = np.hypot(dy, dx) / _radius_at(r_t, theta)
+    radius_t = _radius_at(r_t, theta)
+    rho = np.hypot(dy, dx) / radius_t
     turn = rng.uniform(-np.pi, np.pi)
     sign = 1.0 if rng.random() < 0.5 else -1.0
     src = np.angle(np.exp(1j * (sign * theta + turn)))
-    rs = rho * _radius_at(r_e, src)
+    radius_e = _radius_at(r_e, src)
+    beyond = np.maximum(rho - 1.0, 0.0) * radius_t  # px outside the boundary, along the ray
+    rs = np.where(rho <= 1.0, rho * radius_e, radius_e + beyond)
     coords = np.stack([c_e[0] + rs * np.sin(src), c_e[1] + rs * np.cos(src)])
     values = ndimage.map_coordinates(exemplar.image, coords, order=1, mode="nearest")
-    weight = np.where(mask, 1.0, np.clip((rim - rho) / (rim - 1.0), 0.0, 1.0))
+    weight = np.where(mask, 1.0, np.clip((PAD - beyond) / (PAD - keep), 0.0, 1.0))
     return values.astype(np.float32), weight.astype(np.float32)
 
 
@@ -209,7 +220,7 @@ def compose(
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
             continue
-        grow = int(np.ceil(0.3 * max(s.stop - s.start for s in sl))) + 1
+        grow = PAD + 2
         sl = tuple(
             slice(max(0, s.start - grow), min(n, s.stop + grow))
             for s, n in zip(sl, lab.shape, strict=True)
@@ -231,3 +242,23 @@ def compose(
     bg = lab == 0
     out[bg] = background + rim_w[bg] * (rim_v[bg] - background)
     return out.astype(np.float32)
+
+
+def strength_map(
+    labels: np.ndarray, strength: float, edge: float = EDGE_STRENGTH, width: float = EDGE_WIDTH
+) -> np.ndarray:
+    """Per-pixel strength for the texture model's repaint (:func:`cellsynth.diffusion.core.
+    ddim_sample`): ``edge`` on the cells' boundaries (both sides, and between touching cells),
+    rising to ``strength`` over ``width`` px. The warped exemplars carry the real cells' edge
+    profile; repainted at the full strength the model makes them sharper than real."""
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    lab = np.asarray(labels)
+    edge = min(float(edge), float(strength))
+    bound = find_boundaries(lab, mode="inner") | find_boundaries(lab, mode="outer")
+    if not bound.any():
+        return np.full(lab.shape, float(strength), np.float32)
+    d = ndimage.distance_transform_edt(~bound)
+    ramp = np.clip(d / max(width, 1e-6), 0.0, 1.0)
+    return (edge + (float(strength) - edge) * ramp).astype(np.float32)

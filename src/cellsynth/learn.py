@@ -318,8 +318,9 @@ def _learn(
         texture_cfg=tcfg,
     )
     if atlas.ndim == 2:  # real cells to start the texture from (cellsynth.exemplars)
-        bundle._exemplars = exemplars.collect(slice_images, slice_labels)
-        bundle.meta["exemplar_strength"] = exemplars.DEFAULT_STRENGTH
+        bundle.set_exemplars(
+            exemplars.collect(slice_images, slice_labels), exemplars.DEFAULT_STRENGTH
+        )
     device = accelerator.device
     elapsed_now = [elapsed0]
     preview_pairs = [(pairs[0].image, pairs[0].labels)]

@@ -277,12 +277,14 @@ def paint(
     brightness: tuple[np.ndarray, float] | None = None,
     init: np.ndarray | None = None,
     strength: float = 1.0,
+    strength_map: np.ndarray | None = None,
 ) -> np.ndarray:
     """Synthesise the intensity image of a 2D label image, or of each slice of a 3D one.
 
     ``init`` (raw intensity units, the labels' shape) is a starting image the model repaints
     from ``strength`` of the way along its schedule (:mod:`cellsynth.exemplars`); by default
-    it paints from pure noise.
+    it paints from pure noise. ``strength_map`` (the labels' shape, values in [0, strength])
+    repaints some pixels less (:func:`cellsynth.exemplars.strength_map`: the cells' edges).
 
     ``noise`` (S, 1, H, W) sets the initial noise; by default it is drawn from ``generator``,
     independent per slice, or, with ``rho``, correlated across the slices of a stack
@@ -323,6 +325,17 @@ def paint(
         if ph or pw:
             x0 = np.pad(x0, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
         start = torch.from_numpy(x0).to(device)
+    held = None
+    if start is not None and strength_map is not None:
+        if np.shape(strength_map) != lab.shape:
+            raise CellsynthInputError(
+                f"the strength map {np.shape(strength_map)} and the labels {lab.shape} differ "
+                "in shape"
+            )
+        sm = np.asarray(strength_map, np.float32).reshape(s, 1, h, w)
+        if ph or pw:
+            sm = np.pad(sm, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+        held = torch.from_numpy(np.clip(sm, 0.0, strength)).to(device)
     c = torch.from_numpy(cond).to(device)
     tile = max_side if max(h + ph, w + pw) > max_side else None
     x = ddim_sample(
@@ -336,6 +349,7 @@ def paint(
         batch_size=batch_size,
         init=start,
         strength=strength if start is not None else 1.0,
+        strength_map=held,
     )
     out = to_numpy(x)[:, 0, :h, :w]
     img = stats.denormalise((np.clip(out, -1.5, 1.5) + 1.0) / 2.0)

@@ -222,6 +222,7 @@ def ddim_sample(
     callback: Callable[[int, int], None] | None = None,
     init: torch.Tensor | None = None,
     strength: float = 1.0,
+    strength_map: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Denoise ``noise`` (B, C, H, W) with DDIM, eta = 0: the same noise gives the same result.
 
@@ -231,7 +232,13 @@ def ddim_sample(
     With ``init`` (B, C, H, W, model units) and ``strength`` < 1, sampling starts from ``init``
     noised to that fraction of the schedule (SDEdit, Meng et al. 2022): the model repaints the
     fine detail and keeps the coarse layout. About ``steps`` steps are run either way.
+    ``strength_map`` (B, 1, H, W, values in [0, ``strength``]) gives each pixel its own
+    strength (differential diffusion, Levin & Fried 2023): until the schedule comes down to a
+    pixel's strength, the pixel is held at ``init`` noised to the current step, so the model
+    repaints it less, and it still blends with its repainted neighbours.
     """
+    if strength_map is not None and (init is None or strength >= 1.0):
+        raise ValueError("a strength map needs a starting image and a strength below 1")
     if init is not None and strength < 1.0:
         if not 0.0 < strength:
             raise ValueError(f"strength must be in (0, 1], got {strength}")
@@ -251,7 +258,14 @@ def ddim_sample(
     step_kw = {"eta": 0.0} if "eta" in inspect.signature(sampler.step).parameters else {}
     n = x.shape[0]
     chunk = batch_size or n
+    if strength_map is not None:
+        assert init is not None
+        release = strength_map.to(x) * sampler.config.num_train_timesteps
+        init = init.to(x)
     for i, t in enumerate(timesteps):
+        if strength_map is not None:
+            held = release < float(t)
+            x = torch.where(held, sampler.add_noise(init, noise.to(x), t.reshape(1)), x)
         outs = []
         for s in range(0, n, chunk):
             xs = x[s : s + chunk]
