@@ -9,6 +9,8 @@
   border cuts (no synthetic frame shows a smaller sliver of a cell cut by its edge); how often a
   synthetic cell may overhang the canvas edge so that frames show the training frames' share of
   cut cells;
+* ``cells.mask_smooth``: the smoothing of the sampled masks' outlines, fitted so that their
+  solidity matches the training cells' (``masks.fit_smoothing``; before: 1.25 model pixels);
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
   elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
   (docs/synthesis.md, "Cell shapes").
@@ -26,10 +28,11 @@ import sys
 from pathlib import Path
 
 from cellsynth.atlas import build_atlas
+from cellsynth.bundle import GeneratorBundle
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import labelled_slices, read_pairs, write_json
-from cellsynth.learn import layout_record
-from cellsynth.masks import mask_config
+from cellsynth.learn import layout_record, training_solidity
+from cellsynth.masks import fit_bundle_smoothing, mask_config
 
 
 def main() -> int:
@@ -57,6 +60,10 @@ def main() -> int:
     meta["mask_config"]["sampling_steps"] = new.sampling_steps
     meta["derived_from"] = str(args.bundle)
     write_json(args.output / "bundle.json", meta)
+    if atlas.ndim == 2:  # with the new sampler settings in place
+        smooth = fit_bundle_smoothing(GeneratorBundle.load(args.output), training_solidity(atlas))
+        meta["cells"]["mask_smooth"] = record["mask_smooth"] = smooth
+        write_json(args.output / "bundle.json", meta)
     print(json.dumps({"bundle": str(args.output), **record}))
     return 0
 

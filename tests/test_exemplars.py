@@ -15,6 +15,7 @@ from scipy import ndimage
 from cellsynth import exemplars
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.cli import main
+from cellsynth.device import seeded
 from cellsynth.diffusion.core import (
     DiffusionConfig,
     build_unet,
@@ -254,3 +255,24 @@ def test_a_bundle_with_a_bad_exemplar_strength_is_refused_by_name(bundle, tmp_pa
     (bad / "bundle.json").write_text(json.dumps(meta))
     with pytest.raises(CellsynthInputError, match="exemplar_strength"):
         GeneratorBundle.load(bad)
+
+
+def test_learn_fits_the_mask_smoothing_and_synthesis_uses_it(bundle, tmp_path):
+    """The learnt bundle records the outline smoothing fitted to its training cells; a bundle
+    that asks for another smoothing gets other outlines from the same seed."""
+    from cellsynth.masks import SMOOTH_CANDIDATES
+    from cellsynth.synthesize import SynthesisParams, Synthesizer
+
+    b = GeneratorBundle.load(bundle)
+    assert b.cells.mask_smooth in SMOOTH_CANDIDATES
+    params = SynthesisParams(size=(96, 96), seed=3, cells=6)
+
+    def labels(smooth):
+        b.meta["cells"]["mask_smooth"] = smooth
+        return Synthesizer(b, "cpu").population(params, *seeded(3)).labels
+
+    assert not np.array_equal(labels(0.1), labels(3.0))
+    b.meta["cells"]["mask_smooth"] = -1.0
+    b.save(tmp_path / "bad")
+    with pytest.raises(CellsynthInputError, match="mask_smooth"):
+        GeneratorBundle.load(tmp_path / "bad")

@@ -37,3 +37,31 @@ def test_size_factor_scales_areas_quadratically():
     a = sides_for_areas(masks, np.array([1000.0]), 50, np.random.default_rng(1))
     b = sides_for_areas(masks, np.array([1000.0]), 50, np.random.default_rng(1), size_factor=2)
     assert np.median(b / a) == pytest.approx(2.0, rel=0.05)
+
+
+def _ragged_masks(n: int = 24, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Blobs with jagged outlines: a disk whose radius jumps from ray to ray."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((size, size)) - (size - 1) / 2
+    theta = np.arctan2(yy, xx)
+    out = []
+    for _ in range(n):
+        k = rng.integers(6, 12)
+        radius = 9 + 2.5 * np.sign(np.sin(k * theta + rng.uniform(0, 6.3)))
+        out.append(np.hypot(yy, xx) <= radius)
+    return np.stack(out)
+
+
+def test_fit_smoothing_picks_the_smoothing_that_matches_the_real_solidity():
+    """Real cells with smooth convex outlines ask for the most smoothing, ragged ones (as the
+    masks themselves are) for the least; no real cells: the default."""
+    from skimage.measure import regionprops
+
+    from cellsynth.masks import DEFAULT_SMOOTH, SMOOTH_CANDIDATES, fit_smoothing
+
+    masks = _ragged_masks()
+    sides = np.full(len(masks), 64)
+    assert fit_smoothing(masks, sides, np.full(40, 0.99)) == max(SMOOTH_CANDIDATES)
+    raw = [regionprops(resize_mask(m, 64, 0.1).astype(np.uint8))[0].solidity for m in masks]
+    assert fit_smoothing(masks, sides, np.asarray(raw)) == min(SMOOTH_CANDIDATES)
+    assert fit_smoothing(masks, sides, np.zeros(0)) == DEFAULT_SMOOTH

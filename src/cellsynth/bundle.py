@@ -78,6 +78,9 @@ class CellStats:
     # per training frame (or slice): background level and its cells' mean brightness, raw
     # units; what a brightness-conditioned texture model is told to paint (newer bundles)
     brightness_frames: list[dict[str, Any]] | None = None
+    # the smoothing (model pixels) of the sampled masks' outlines fitted to the training cells'
+    # solidity (masks.fit_smoothing; 2D bundles learnt since December 2026), else 1.25
+    mask_smooth: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: Path) -> CellStats:
@@ -92,6 +95,7 @@ class CellStats:
             min_cut_area=_float(d, "cells.min_cut_area", where, lo=0.0, optional=True),
             edge_cut=_float(d, "cells.edge_cut", where, lo=0.0, hi=1.0, optional=True),
             brightness_frames=_brightness_frames(d, where),
+            mask_smooth=_float(d, "cells.mask_smooth", where, lo=0.0, hi=10.0, optional=True),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -42,7 +42,7 @@ from cellsynth.diffusion.training import (
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.locks import folder_lock
-from cellsynth.masks import mask_batch, mask_config, prepare_mask_crops
+from cellsynth.masks import fit_bundle_smoothing, mask_batch, mask_config, prepare_mask_crops
 from cellsynth.metrics import background_summary, layout_summary
 from cellsynth.population import MIN_CUT_PIXELS, edge_cut_probability
 from cellsynth.preview import write_progress
@@ -128,6 +128,16 @@ def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, A
         "min_cut_area": layout["cut_area_p5"],
         "edge_cut": edge_cut,
     }
+
+
+def training_solidity(atlas: CellAtlas) -> np.ndarray:
+    """Solidity of the training cells the image border does not cut (2D atlases)."""
+    t = atlas.table
+    if atlas.ndim != 2 or "solidity" not in t:
+        return np.zeros(0)
+    sol = np.asarray(t["solidity"], np.float64)
+    cut = np.asarray(t.get("touches_border", np.zeros(sol.size, bool)), bool)
+    return sol[~cut & np.isfinite(sol)]
 
 
 def auto_tile(diameter: float, batch: int, base: int = 64) -> tuple[int, int]:
@@ -321,6 +331,8 @@ def _learn(
         bundle.set_exemplars(
             exemplars.collect(slice_images, slice_labels), exemplars.DEFAULT_STRENGTH
         )
+    # the solidity of the whole training cells, which the sampled masks' smoothing is fitted to
+    solidity = training_solidity(atlas)
     device = accelerator.device
     elapsed_now = [elapsed0]
     preview_pairs = [(pairs[0].image, pairs[0].labels)]
@@ -342,6 +354,8 @@ def _learn(
         )
         bundle.mask_unet = trainers["mask_model"].averaged()
         bundle.texture_unet = trainers["texture_model"].averaged()
+        if atlas.ndim == 2 and len(solidity):  # outlines as ragged as the training cells'
+            bundle.meta["cells"]["mask_smooth"] = fit_bundle_smoothing(bundle, solidity)
         bundle.meta["training"] = {
             name: {"steps": t.step, "final_loss": t.running, "loss_curve": t.losses[-400:]}
             for name, t in trainers.items()

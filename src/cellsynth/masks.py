@@ -9,6 +9,7 @@ atlas' size distribution.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -108,7 +109,13 @@ def _touches_edge(m: np.ndarray) -> bool:
     return bool(m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any())
 
 
-def resize_mask(m: np.ndarray, side: int, smooth: float = 1.25) -> np.ndarray:
+#: mask smoothing (model pixels) of bundles that do not record their own (``cells.mask_smooth``)
+DEFAULT_SMOOTH = 1.25
+#: the smoothings ``learn`` tries (:func:`fit_smoothing`)
+SMOOTH_CANDIDATES = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def resize_mask(m: np.ndarray, side: int, smooth: float = DEFAULT_SMOOTH) -> np.ndarray:
     """Resize a normalised mask to ``side`` pixels (bilinear, Gaussian smoothing over ``smooth``
     model pixels, threshold 0.5), then trim it."""
     from scipy.ndimage import gaussian_filter
@@ -117,10 +124,10 @@ def resize_mask(m: np.ndarray, side: int, smooth: float = 1.25) -> np.ndarray:
     up = torch.nn.functional.interpolate(
         t, size=(side, side), mode="bilinear", align_corners=False
     )[0, 0].numpy()
-    # smooth the staircase of the small mask's pixels; over 1.25 model pixels outlines are as
-    # convex as real ones and no rounder (built-in data, morphology W1 / real-to-real: solidity
-    # 2.8x at 0.6 px, 1.6x at 1, 1.3x at 1.25, 0.9x at 1.5 where perimeter goes to 1.7x;
-    # benchmarks/shapes_2d.py)
+    # smooth the staircase of the small mask's pixels: too little leaves ragged outlines (low
+    # solidity), too much makes cells rounder than real. How much depends on the data (built-in:
+    # solidity W1 2.8x real-to-real at 0.6 px, 1.3x at 1.25; GOWT1: 1.2x at 0.6, 1.7x at 1.25;
+    # benchmarks/shapes_2d.py), so learn fits it per bundle (fit_smoothing)
     sigma = smooth * side / m.shape[0]
     if sigma > 0.5:
         up = gaussian_filter(up, sigma, mode="constant")
@@ -129,6 +136,56 @@ def resize_mask(m: np.ndarray, side: int, smooth: float = 1.25) -> np.ndarray:
     if ys.size == 0:
         return np.ones((1, 1), bool)
     return r[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+
+
+def fit_smoothing(
+    masks: np.ndarray,
+    sides: np.ndarray,
+    solidity: np.ndarray,
+    candidates: Sequence[float] = SMOOTH_CANDIDATES,
+) -> float:
+    """The smoothing (model pixels) whose resized ``masks`` (at ``sides``) have the solidity
+    distribution closest (Wasserstein-1) to the real cells' ``solidity``."""
+    from scipy.stats import wasserstein_distance
+    from skimage.measure import regionprops
+
+    real = np.asarray(solidity, np.float64)
+    real = real[np.isfinite(real)]
+    if real.size == 0 or len(masks) == 0:
+        return DEFAULT_SMOOTH
+    best, best_d = DEFAULT_SMOOTH, np.inf
+    for smooth in candidates:
+        sol = [
+            regionprops(resize_mask(m, int(side), smooth).astype(np.uint8))[0].solidity
+            for m, side in zip(masks, sides, strict=True)
+        ]
+        d = wasserstein_distance(sol, real)
+        if d < best_d - 1e-12:
+            best, best_d = float(smooth), d
+    return best
+
+
+def fit_bundle_smoothing(bundle: Any, solidity: np.ndarray, n: int = 96, seed: int = 0) -> float:
+    """:func:`fit_smoothing` for a 2D bundle's mask model: ``n`` masks drawn as synthesis draws
+    them (its sampler and steps, sizes from its training cells' areas), seeded."""
+    cfg = bundle.mask_cfg
+    gen = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        masks = sample_masks(
+            bundle.mask_unet,
+            bundle.mask_sampler(),
+            n,
+            size=cfg.sample_size,
+            steps=cfg.sampling_steps,
+            generator=gen,
+            device=next(bundle.mask_unet.parameters()).device,
+        )
+    rng = np.random.default_rng(seed)
+    if bundle.areas is not None:
+        sides = sides_for_areas(masks, bundle.areas, len(masks), rng)
+    else:
+        sides = draw_sides(bundle.scales, bundle.crop_size, len(masks), rng)
+    return fit_smoothing(masks, sides, solidity)
 
 
 def draw_sides(

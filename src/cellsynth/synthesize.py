@@ -28,7 +28,13 @@ from cellsynth.bundle import GeneratorBundle
 from cellsynth.device import seeded, select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
-from cellsynth.masks import draw_sides, resize_mask, sample_masks, sides_for_areas
+from cellsynth.masks import (
+    DEFAULT_SMOOTH,
+    draw_sides,
+    resize_mask,
+    sample_masks,
+    sides_for_areas,
+)
 from cellsynth.population import (
     MIN_CUT_PIXELS,
     Population,
@@ -267,7 +273,9 @@ class Synthesizer:
             sides = sides_for_areas(norm, b.areas, len(norm), rng, size_factor)
         else:  # bundles written before cell areas were recorded
             sides = draw_sides(b.scales, b.crop_size, len(norm), rng, size_factor)
-        return [resize_mask(m, int(s)) for m, s in zip(norm, sides, strict=True)]
+        smooth = b.cells.mask_smooth
+        smooth = DEFAULT_SMOOTH if smooth is None else smooth
+        return [resize_mask(m, int(s), smooth) for m, s in zip(norm, sides, strict=True)]
 
     def expected_cells(self, params: SynthesisParams) -> int:
         """Cells in one sample: the parameter, else the expected count at the bundle's density
