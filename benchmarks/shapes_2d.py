@@ -9,15 +9,14 @@ the real feature's standard deviation, synthetic vs each real half (mean of the 
 real half vs real half (docs/metrics.md). ``--ablation`` adds rows with each December 2026
 change to cell shapes undone in turn: cells kept half inside the canvas (no edge cut: the
 bundle's ``cells.edge_cut`` ignored), slivers
-of cut cells down to 9 px (no minimum cut area), 8 DDIM mask steps, other smoothing (1.25 px
-now, 0.6 px before).
+of cut cells down to 9 px (no minimum cut area), 8 DDIM mask steps, other smoothing (the
+bundle's ``cells.mask_smooth`` now, else 1.25 px; 0.6 px before).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import functools
 import json
 import sys
 import time
@@ -43,7 +42,6 @@ def main() -> int:
     from cellsynth.device import seeded
     from cellsynth.diffusion.core import make_sampler, make_train_scheduler
     from cellsynth.io import Pair, read_pairs
-    from cellsynth.masks import resize_mask
     from cellsynth.metrics.morphology import realism_distances
     from cellsynth.population import place_cells
     from cellsynth.report import half_split, tables_of
@@ -54,7 +52,7 @@ def main() -> int:
     ta, tb = tables_of(a), tables_of(b)
 
     @contextlib.contextmanager
-    def variant(edge_cut="bundle", min_cut=True, sampler=None, smooth=1.25):
+    def variant(edge_cut="bundle", min_cut=True, sampler=None, smooth=None):
         synth = synth_mod.Synthesizer(None if args.bundle == "builtin" else args.bundle, "cpu")
         if not min_cut:
             synth.bundle.meta["cells"].pop("min_cut_area", None)
@@ -62,14 +60,15 @@ def main() -> int:
             kind, steps = sampler
             synth.mask_sampler = make_sampler(make_train_scheduler(synth.bundle.mask_cfg), kind)
             synth.bundle.mask_cfg.sampling_steps = steps
-        old = synth_mod.place_cells, synth_mod.resize_mask
+        if smooth is not None:  # None: the bundle's own (cells.mask_smooth, else 1.25)
+            synth.bundle.meta["cells"]["mask_smooth"] = smooth
+        old = synth_mod.place_cells
         if edge_cut != "bundle":  # None: half of each cell inside, as before December 2026
             synth_mod.place_cells = lambda *a, **k: place_cells(*a, **{**k, "edge_cut": edge_cut})
-        synth_mod.resize_mask = functools.partial(resize_mask, smooth=smooth)
         try:
             yield synth
         finally:
-            synth_mod.place_cells, synth_mod.resize_mask = old
+            synth_mod.place_cells = old
 
     def measure(**kw):
         t0 = time.perf_counter()
