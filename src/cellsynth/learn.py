@@ -132,11 +132,10 @@ def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, A
 
 def training_solidity(atlas: CellAtlas) -> np.ndarray:
     """Solidity of the training cells the image border does not cut (2D atlases)."""
-    t = atlas.table
-    if atlas.ndim != 2 or "solidity" not in t:
+    if atlas.ndim != 2:
         return np.zeros(0)
-    sol = np.asarray(t["solidity"], np.float64)
-    cut = np.asarray(t.get("touches_border", np.zeros(sol.size, bool)), bool)
+    sol = np.asarray(atlas.table["solidity"], np.float64)
+    cut = np.asarray(atlas.table["touches_border"], bool)
     return sol[~cut & np.isfinite(sol)]
 
 

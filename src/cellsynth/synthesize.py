@@ -160,7 +160,6 @@ class Synthesizer:
         self.mask_sampler = bundle.mask_sampler()
         self.texture_sampler = bundle.texture_sampler()
         self._multiview: Any = None
-        self.edge_strength = exemplars.EDGE_STRENGTH  # the cells' edges, repainted less
 
     def brightness(
         self, image: np.ndarray, labels: np.ndarray, params: SynthesisParams
@@ -204,7 +203,7 @@ class Synthesizer:
             kw.update(
                 init=exemplars.compose(labels, b.exemplars(), lut, background, rng),
                 strength=strength,
-                strength_map=exemplars.strength_map(labels, strength, edge=self.edge_strength),
+                strength_map=exemplars.strength_map(labels, strength),
             )
         image = paint(
             b.texture_unet,

@@ -315,27 +315,23 @@ def paint(
         noise = torch.randn((s, 1, h + ph, w + pw), generator=generator)
     elif noise.shape[-2:] != (h + ph, w + pw):
         noise = torch.nn.functional.pad(noise, (0, pw, 0, ph))
-    start = None
+
+    def per_slice(a: np.ndarray, what: str) -> torch.Tensor:
+        """An image of the labels' shape as the model's (S, 1, H, W) batch, padded."""
+        if np.shape(a) != lab.shape:
+            raise CellsynthInputError(
+                f"the {what} {np.shape(a)} and the labels {lab.shape} differ in shape"
+            )
+        b = np.asarray(a, np.float32).reshape(s, 1, h, w)
+        if ph or pw:
+            b = np.pad(b, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+        return torch.from_numpy(b).to(device)
+
+    start = held = None
     if init is not None and strength < 1.0:
-        if np.shape(init) != lab.shape:
-            raise CellsynthInputError(
-                f"the starting image {np.shape(init)} and the labels {lab.shape} differ in shape"
-            )
-        x0 = model_units(np.asarray(init, np.float64), stats).reshape(s, 1, h, w).astype(np.float32)
-        if ph or pw:
-            x0 = np.pad(x0, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
-        start = torch.from_numpy(x0).to(device)
-    held = None
-    if start is not None and strength_map is not None:
-        if np.shape(strength_map) != lab.shape:
-            raise CellsynthInputError(
-                f"the strength map {np.shape(strength_map)} and the labels {lab.shape} differ "
-                "in shape"
-            )
-        sm = np.asarray(strength_map, np.float32).reshape(s, 1, h, w)
-        if ph or pw:
-            sm = np.pad(sm, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
-        held = torch.from_numpy(np.clip(sm, 0.0, strength)).to(device)
+        start = per_slice(model_units(np.asarray(init, np.float64), stats), "starting image")
+        if strength_map is not None:
+            held = per_slice(np.clip(strength_map, 0.0, strength), "strength map")
     c = torch.from_numpy(cond).to(device)
     tile = max_side if max(h + ph, w + pw) > max_side else None
     x = ddim_sample(

@@ -261,11 +261,11 @@ def ddim_sample(
     if strength_map is not None:
         assert init is not None
         release = strength_map.to(x) * sampler.config.num_train_timesteps
-        init = init.to(x)
+        init, start_noise = init.to(x), noise.to(x)
     for i, t in enumerate(timesteps):
         if strength_map is not None:
             held = release < float(t)
-            x = torch.where(held, sampler.add_noise(init, noise.to(x), t.reshape(1)), x)
+            x = torch.where(held, sampler.add_noise(init, start_noise, t.reshape(1)), x)
         outs = []
         for s in range(0, n, chunk):
             xs = x[s : s + chunk]
