@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("--cellpose-model", type=Path, default=None)
     ap.add_argument("--touching", type=float, default=None)
     ap.add_argument("--density-factor", type=float, default=1.0)
-    ap.add_argument("--cluster-prob", type=float, default=0.3)
+    ap.add_argument("--cluster-prob", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

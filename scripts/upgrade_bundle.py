@@ -9,6 +9,9 @@
   border cuts (no synthetic frame shows a smaller sliver of a cell cut by its edge); how often a
   synthetic cell may overhang the canvas edge so that frames show the training frames' share of
   cut cells;
+* ``cells.cluster_prob`` and ``cells.cluster_band``: the clustering of the placement fitted to
+  the training frames' nearest-neighbour distances (``population.fit_clustering``; before: 0.3
+  and 0.5);
 * ``cells.mask_smooth``: the smoothing of the sampled masks' outlines, fitted so that their
   solidity matches the training cells' (``masks.fit_smoothing``; before: 1.25 model pixels);
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as

@@ -113,6 +113,33 @@ def test_same_seed_gives_the_same_pair_and_another_seed_another(tiny_bundle):
     assert not np.array_equal(a.image, c.image)
 
 
+def test_learn_fits_the_clustering_and_synthesis_uses_it(tiny_bundle, tmp_path):
+    """The learnt 2D bundle records the clustering fitted to its training frames' neighbour
+    distances; synthesis places cells with it unless told otherwise, and a bad value in a
+    bundle is refused by name."""
+    from cellsynth.population import CLUSTER_BANDS, CLUSTER_PROBS, DEFAULT_CLUSTER_PROB
+
+    b = GeneratorBundle.load(tiny_bundle)
+    assert b.cells.cluster_prob in CLUSTER_PROBS and b.cells.cluster_band in CLUSTER_BANDS
+    synth = Synthesizer(b, "cpu")
+    assert synth.clustering(SynthesisParams()) == (b.cells.cluster_prob, b.cells.cluster_band)
+    assert synth.clustering(SynthesisParams(cluster_prob=0.05))[0] == 0.05
+    b.meta["cells"]["cluster_prob"] = 1.0
+    b.meta["cells"]["cluster_band"] = 0.5
+    params = SynthesisParams(size=(128, 128), cells=20, steps=2, seed=4)
+    colonies = Synthesizer(b, "cpu").sample(params)
+    b.meta["cells"]["cluster_prob"] = 0.0
+    scattered = Synthesizer(b, "cpu").sample(params)
+    assert colonies.params["cluster_prob"] == 1.0 and scattered.params["cluster_prob"] == 0.0
+    assert not np.array_equal(colonies.labels, scattered.labels)
+    del b.meta["cells"]["cluster_prob"], b.meta["cells"]["cluster_band"]  # an older bundle
+    assert Synthesizer(b, "cpu").clustering(SynthesisParams())[0] == DEFAULT_CLUSTER_PROB
+    b.meta["cells"]["cluster_prob"] = 1.5
+    b.save(tmp_path / "bad")
+    with pytest.raises(CellsynthInputError, match="cluster_prob"):
+        GeneratorBundle.load(tmp_path / "bad")
+
+
 def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "synth"
     assert (
@@ -146,7 +173,8 @@ def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle,
     seeds = sorted(r["seed"] for r in meta["samples"].values())
     assert seeds == [11, 12]
     rec = next(iter(meta["samples"].values()))
-    assert rec["size"] == [48, 64] and rec["cluster_prob"] == 0.3
+    fitted = json.loads((tiny_bundle / "bundle.json").read_text())["cells"]["cluster_prob"]
+    assert rec["size"] == [48, 64] and rec["cluster_prob"] == fitted
     assert rec["bundle"] == str(tiny_bundle)
     assert meta["origin"] == "synthetic"
 

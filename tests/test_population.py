@@ -239,3 +239,34 @@ def test_edge_cut_probability_matches_the_datas_share_of_cut_cells():
         cut += len(sizes)
         total += pop.n_cells
     assert abs(cut / total - 0.13) < 0.05
+
+
+def _frames(cluster_prob: float, band: float, n: int = 3) -> list[np.ndarray]:
+    rng = np.random.default_rng(11)
+    masks = [_disk(int(r)) for r in rng.integers(5, 8, 60)]
+    return [
+        place_cells(masks, (256, 256), cluster_prob=cluster_prob, band=band, rng=rng).labels
+        for _ in range(n)
+    ]
+
+
+@pytest.mark.parametrize(("prob", "band"), [(1.0, 3.0), (0.0, 0.5)])
+def test_fit_clustering_recovers_how_frames_were_laid_out(prob, band):
+    """Frames of colonies fit a high clustering, Poisson frames a low one; either fit lies
+    closer to the frames' nearest-neighbour ratios than the old default (0.3, 0.5)."""
+    from cellsynth.population import fit_clustering
+
+    fit = fit_clustering(_frames(prob, band), probs=(0.0, 0.3, 0.6, 1.0), bands=(0.5, 3.0))
+    assert abs(fit["cluster_prob"] - prob) <= 0.4
+    assert fit["nn_ratio_w1"] <= fit["nn_ratio_w1_default"]
+    if prob == 1.0:
+        assert fit["cluster_band"] == band and fit["nn_ratio_w1_default"] > 2 * fit["nn_ratio_w1"]
+
+
+def test_fit_clustering_needs_cells_to_fit():
+    from cellsynth.population import fit_clustering
+
+    assert fit_clustering([np.zeros((64, 64), np.uint16)]) is None
+    two = np.zeros((64, 64), np.uint16)
+    two[10:20, 10:20], two[40:50, 40:50] = 1, 2
+    assert fit_clustering([two]) is None  # two whole cells, two distances

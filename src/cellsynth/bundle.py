@@ -81,6 +81,11 @@ class CellStats:
     # the smoothing (model pixels) of the sampled masks' outlines fitted to the training cells'
     # solidity (masks.fit_smoothing; 2D bundles learnt since December 2026), else 1.25
     mask_smooth: float | None = None
+    # how placement clusters the cells (place_cells' cluster_prob and band, in cell radii),
+    # fitted to the training frames' nearest-neighbour distances (population.fit_clustering;
+    # 2D bundles learnt since December 2026), else 0.3 and 0.5
+    cluster_prob: float | None = None
+    cluster_band: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], where: Path) -> CellStats:
@@ -96,6 +101,8 @@ class CellStats:
             edge_cut=_float(d, "cells.edge_cut", where, lo=0.0, hi=1.0, optional=True),
             brightness_frames=_brightness_frames(d, where),
             mask_smooth=_float(d, "cells.mask_smooth", where, lo=0.0, hi=10.0, optional=True),
+            cluster_prob=_float(d, "cells.cluster_prob", where, lo=0.0, hi=1.0, optional=True),
+            cluster_band=_float(d, "cells.cluster_band", where, lo=0.0, hi=50.0, optional=True),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -883,8 +883,10 @@ def _synthesize_parser(sub: Any) -> None:
         p.add_argument(
             "--cluster-prob",
             type=float,
-            default=0.3,
-            help="probability that a cell is placed next to others (default 0.3)",
+            default=None,
+            help="probability that a cell is placed next to others (default: the bundle's, "
+            "fitted to the training frames' nearest-neighbour distances; 0.3 for bundles "
+            "that do not record it)",
         )
         p.add_argument(
             "--touching",

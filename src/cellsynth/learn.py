@@ -44,7 +44,12 @@ from cellsynth.io import Pair, check_same_shape, count_cells, labelled_slices
 from cellsynth.locks import folder_lock
 from cellsynth.masks import fit_bundle_smoothing, mask_batch, mask_config, prepare_mask_crops
 from cellsynth.metrics import background_summary, layout_summary
-from cellsynth.population import MIN_CUT_PIXELS, edge_cut_probability
+from cellsynth.population import (
+    MIN_CUT_PIXELS,
+    edge_cut_probability,
+    fit_clustering,
+    touch_prob,
+)
 from cellsynth.preview import write_progress
 from cellsynth.settings import LearnSettings
 from cellsynth.texture import TextureTiles, frame_brightness, texture_config
@@ -112,21 +117,34 @@ def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, A
     training label images ``slices``: the touching fraction placement reproduces; the smallest
     sliver of a cut cell nearly all the training images show (``min_cut_area``; None: too few
     cut cells to tell); and how often a synthetic cell may overhang the canvas edge so that
-    frames show the training frames' share of cut cells (``edge_cut``; 2D only, None for 3D)."""
+    frames show the training frames' share of cut cells (``edge_cut``; 2D only, None for 3D);
+    and the clustering under which placed cells lie as far from their neighbours as the training
+    cells do (``cluster_prob``, ``cluster_band``: :func:`~cellsynth.population.fit_clustering`;
+    2D only, None for 3D and too few cells)."""
     layout = layout_summary(slices)
-    edge_cut = None
+    edge_cut = clustering = None
     if atlas.ndim == 2 and slices:
+        min_pixels = round(layout["cut_area_p5"] or MIN_CUT_PIXELS)
         edge_cut = edge_cut_probability(
             layout["cut_fraction"],
             slices[0].shape,
             diameters=2.0 * np.sqrt(np.asarray(atlas.table["area"], np.float64) / np.pi),
             density=layout["density"],
-            min_pixels=round(layout["cut_area_p5"] or MIN_CUT_PIXELS),
+            min_pixels=min_pixels,
+        )
+        log.info("fitting the placement's clustering to the training frames' layout")
+        clustering = fit_clustering(
+            slices,
+            touch_prob=touch_prob(layout["touching_fraction"]),
+            edge_cut=edge_cut,
+            min_pixels=min_pixels,
         )
     return {
         "touching_fraction": layout["touching_fraction"],
         "min_cut_area": layout["cut_area_p5"],
         "edge_cut": edge_cut,
+        "cluster_prob": None if clustering is None else clustering["cluster_prob"],
+        "cluster_band": None if clustering is None else clustering["cluster_band"],
     }
 
 

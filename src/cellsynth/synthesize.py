@@ -36,6 +36,8 @@ from cellsynth.masks import (
     sides_for_areas,
 )
 from cellsynth.population import (
+    DEFAULT_CLUSTER_BAND,
+    DEFAULT_CLUSTER_PROB,
     MIN_CUT_PIXELS,
     Population,
     cells_for_canvas,
@@ -82,7 +84,9 @@ class SynthesisParams:
     size: tuple[int, ...] = (256, 256)
     cells: int | None = None  # None: drawn from the training data's density
     density_factor: float = 1.0  # multiply the training data's density (when cells is None)
-    cluster_prob: float = 0.3
+    # probability that a cell starts next to others (None: the bundle's, fitted to its training
+    # frames' nearest-neighbour distances, else 0.3)
+    cluster_prob: float | None = None
     touching: float | None = None  # fraction of cells touching another (None: the data's)
     steps: int | None = None  # texture DDIM steps (None: the bundle's default)
     mask_steps: int | None = None
@@ -127,7 +131,7 @@ class SynthesisParams:
             raise CellsynthInputError(f"--cells must be >= 0, got {self.cells}")
         if self.touching is not None and not 0.0 <= self.touching <= 1.0:
             raise CellsynthInputError(f"--touching must be between 0 and 1, got {self.touching}")
-        if not 0.0 <= self.cluster_prob <= 1.0:
+        if self.cluster_prob is not None and not 0.0 <= self.cluster_prob <= 1.0:
             raise CellsynthInputError(
                 f"--cluster-prob must be between 0 and 1, got {self.cluster_prob}"
             )
@@ -326,10 +330,12 @@ class Synthesizer:
             else cells_for_canvas(b.density * params.density_factor, params.size, rng)
         )
         masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
+        cluster_prob, band = self.clustering(params)
         return place_cells(
             masks,
             params.size,
-            cluster_prob=params.cluster_prob,
+            cluster_prob=cluster_prob,
+            band=band,
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
             # cells cut by the border as often as in the training frames (older bundles: None,
@@ -344,6 +350,20 @@ class Synthesizer:
         :data:`~cellsynth.population.MIN_CUT_PIXELS`."""
         v = self.bundle.cells.min_cut_area
         return max(MIN_CUT_PIXELS, round(v)) if v else MIN_CUT_PIXELS
+
+    def clustering(self, params: SynthesisParams) -> tuple[float, float]:
+        """Placement's clustering probability and band (cell radii beyond contact that a
+        colony's next cell may lie): the parameter's probability, else the bundle's, fitted to
+        its training frames' nearest-neighbour distances (``learn`` records both for 2D
+        bundles), else :data:`~cellsynth.population.DEFAULT_CLUSTER_PROB`; the bundle's band,
+        else :data:`~cellsynth.population.DEFAULT_CLUSTER_BAND`."""
+        cells = self.bundle.cells
+        prob = params.cluster_prob if params.cluster_prob is not None else cells.cluster_prob
+        band = cells.cluster_band
+        return (
+            float(DEFAULT_CLUSTER_PROB if prob is None else prob),
+            float(DEFAULT_CLUSTER_BAND if band is None else band),
+        )
 
     def touching(self, params: SynthesisParams) -> float:
         """Fraction of cells to touch another: the parameter, else the training data's
@@ -372,6 +392,8 @@ class Synthesizer:
             size=list(params.size),
             cells_requested=n,
             cells_placed=pop.n_cells,
+            cluster_prob=self.clustering(params)[0],
+            cluster_band=self.clustering(params)[1],
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
             exemplar_strength=self.exemplar_strength(pop.labels, params),
@@ -470,10 +492,12 @@ class Synthesizer:
         t1 = time.perf_counter()
         vols, timing = self.cell_volumes(list(masks), anisotropy, rng, gen)
         t2 = time.perf_counter()
+        cluster_prob, band = self.clustering(params)
         pop = place_cells(
             vols,
             size,
-            cluster_prob=params.cluster_prob,
+            cluster_prob=cluster_prob,
+            band=band,
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
         )
@@ -488,6 +512,8 @@ class Synthesizer:
             voxel_size=list(vs),
             cells_requested=n,
             cells_placed=pop.n_cells,
+            cluster_prob=self.clustering(params)[0],
+            cluster_band=self.clustering(params)[1],
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
             multiview_model=str(self.multiview.path) if self.multiview.path else None,

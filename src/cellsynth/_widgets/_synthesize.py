@@ -137,7 +137,13 @@ class SynthesizeWidget(Container):
             label="cells (0 = auto)", value=defaults.cells or 0, min=0, max=100_000
         )
         self.cluster = FloatSpinBox(
-            label="clustering prob.", value=defaults.cluster_prob, min=0, max=1, step=0.05
+            label="clustering (-1 = bundle's)",
+            value=-1.0,
+            min=-1.0,
+            max=1.0,
+            step=0.05,
+            tooltip="probability that a cell is placed next to others; -1 uses the bundle's, "
+            "fitted to its training frames' nearest-neighbour distances (0.3 for older bundles)",
         )
         self.steps = SpinBox(
             label="texture steps (0 = bundle's)", value=defaults.steps or 0, min=0, max=200
@@ -227,7 +233,7 @@ class SynthesizeWidget(Container):
             size=(int(self.canvas_z.value), *yx) if three else yx,
             rho=float(self.rho.value) if three and self.rho.value >= 0 else None,
             cells=int(self.cells.value) or None,
-            cluster_prob=float(self.cluster.value),
+            cluster_prob=float(self.cluster.value) if self.cluster.value >= 0 else None,
             steps=int(self.steps.value) or None,
             seed=int(self.seed.value),
             brightness=str(self.brightness.value),
