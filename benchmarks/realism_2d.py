@@ -4,6 +4,7 @@ texture features, the Fréchet distance of Cellpose style vectors and a classifi
 
     python benchmarks/realism_2d.py DATA --bundle BUNDLE -o SYNTH_FOLDER [-n 12] [--size H W]
         [--cellpose-model MODEL] [--touching F] [--density-factor D] [--cluster-prob P]
+        [--exemplar-strength X]
     python benchmarks/realism_2d.py DATA --synthetic SYNTH_FOLDER [--cellpose-model MODEL]
 
 With --bundle, n pairs are drawn at the real frames' size into a new folder (-o) first; with
@@ -34,6 +35,7 @@ def main() -> int:
     ap.add_argument("--density-factor", type=float, default=1.0)
     ap.add_argument("--cluster-prob", type=float, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--exemplar-strength", type=float, default=None)
     args = ap.parse_args()
 
     from cellsynth.io import read_dataset
@@ -53,6 +55,7 @@ def main() -> int:
             touching=args.touching,
             density_factor=args.density_factor,
             cluster_prob=args.cluster_prob,
+            exemplar_strength=args.exemplar_strength,
         )
         bundle = None if str(args.bundle) == "builtin" else args.bundle
         for _ in synthesize(args.output, args.n, params, bundle=bundle, device="cpu"):

@@ -126,3 +126,17 @@ def test_shared_boundary_tells_a_continuous_texture_from_a_dark_seam():
     apart = lab.copy()
     apart[:, 30] = 0
     assert shared_boundaries(img, apart).size == 0
+
+
+@pytest.mark.parametrize("n_real", [2, 4])
+def test_the_report_tests_real_vs_synthetic_from_two_real_frames(n_real):
+    """A bundle learnt on two frames is measured against those two: the classifier is trained on
+    one real frame and tested on the other; real vs real needs two frames per half."""
+    from cellsynth.io import Pair
+    from cellsynth.report import texture_realism
+
+    real = [Pair.from_arrays(f"r{i}", *_scene(i)) for i in range(n_real)]
+    synthetic = [Pair.from_arrays(f"s{i}", *_scene(50 + i, noise=8.0)) for i in range(4)]
+    test = texture_realism(real, synthetic)["two_sample"]
+    assert test["real_vs_synthetic"]["n_test"] > 0
+    assert ("real_vs_real" in test) == (n_real >= 4)
