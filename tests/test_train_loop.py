@@ -205,3 +205,18 @@ def test_the_closing_checkpoint_says_whether_the_loop_was_interrupted():
     next(job), next(job)
     job.close()
     assert saves == [True]
+
+
+def test_a_resumed_run_keeps_the_clustering_its_first_run_fitted(train_folder, tmp_path):
+    """The placement's clustering is fitted once, when learning starts; a resume reads it from
+    the interrupted run's bundle rather than fitting it again (seconds of every restart)."""
+    pairs = read_dataset(train_folder).pairs
+    out = tmp_path / "b"
+    _run(pairs, out, mask_steps=1, texture_steps=1)
+    meta = json.loads((out / "bundle.json").read_text())
+    assert meta["cells"]["cluster_prob"] is not None
+    meta["cells"]["cluster_prob"], meta["cells"]["cluster_band"] = 0.55, 2.5  # off the grid
+    (out / "bundle.json").write_text(json.dumps(meta))
+    _run(pairs, out, resume=True, mask_steps=2, texture_steps=2)
+    cells = json.loads((out / "bundle.json").read_text())["cells"]
+    assert (cells["cluster_prob"], cells["cluster_band"]) == (0.55, 2.5)

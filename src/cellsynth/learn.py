@@ -112,7 +112,11 @@ def _density(pairs: Sequence[Pair], n_cells: int) -> float:
     return n_cells / max(area, 1.0)
 
 
-def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, Any]:
+def layout_record(
+    atlas: CellAtlas,
+    slices: Sequence[np.ndarray],
+    clustering: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The bundle's optional placement keys (synthesize reads them with defaults), from the
     training label images ``slices``: the touching fraction placement reproduces; the smallest
     sliver of a cut cell nearly all the training images show (``min_cut_area``; None: too few
@@ -120,11 +124,12 @@ def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, A
     frames show the training frames' share of cut cells (``edge_cut``; 2D only, None for 3D);
     and the clustering under which placed cells lie as far from their neighbours as the training
     cells do (``cluster_prob``, ``cluster_band``: :func:`~cellsynth.population.fit_clustering`;
-    2D only, None for 3D and too few cells)."""
+    2D only, None for 3D and too few cells; ``clustering`` when already fitted: a resumed run
+    keeps its first run's)."""
     layout = layout_summary(slices)
-    edge_cut = clustering = None
+    edge_cut = None
+    min_pixels = round(layout["cut_area_p5"] or MIN_CUT_PIXELS)
     if atlas.ndim == 2 and slices:
-        min_pixels = round(layout["cut_area_p5"] or MIN_CUT_PIXELS)
         edge_cut = edge_cut_probability(
             layout["cut_fraction"],
             slices[0].shape,
@@ -132,6 +137,7 @@ def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, A
             density=layout["density"],
             min_pixels=min_pixels,
         )
+    if atlas.ndim == 2 and slices and clustering is None:
         log.info("fitting the placement's clustering to the training frames' layout")
         clustering = fit_clustering(
             slices,
@@ -146,6 +152,17 @@ def layout_record(atlas: CellAtlas, slices: Sequence[np.ndarray]) -> dict[str, A
         "cluster_prob": None if clustering is None else clustering["cluster_prob"],
         "cluster_band": None if clustering is None else clustering["cluster_band"],
     }
+
+
+def _recorded_clustering(out: Path) -> dict[str, float] | None:
+    """The clustering an interrupted run fitted (its bundle.json), which a resume keeps rather
+    than fitting it again; None if there is none."""
+    try:
+        cells = json.loads((out / "bundle.json").read_text()).get("cells", {})
+        fitted = {k: float(cells[k]) for k in ("cluster_prob", "cluster_band")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return fitted
 
 
 def training_solidity(atlas: CellAtlas) -> np.ndarray:
@@ -329,7 +346,7 @@ def _learn(
                     pairs, sum(count_cells(p.labels, p.annotated_slices) for p in pairs)
                 ),
                 "median_area": float(np.median(atlas.table["area"])),
-                **layout_record(atlas, slice_labels),
+                **layout_record(atlas, slice_labels, _recorded_clustering(out) if resume else None),
                 # optional: what a brightness-conditioned texture model is told to paint
                 "brightness_frames": [
                     frame_brightness(img, lab).to_dict()

@@ -317,13 +317,15 @@ def fit_clustering(
     probs: Sequence[float] = CLUSTER_PROBS,
     bands: Sequence[float] = CLUSTER_BANDS,
     min_cells: int = 400,
+    max_repeats: int = 8,
     seed: int = 0,
 ) -> dict[str, float] | None:
     """The ``cluster_prob`` and ``band`` of :func:`place_cells` under which placed cells lie as
     far from their nearest neighbour (over their own diameter) as the cells of the 2D training
     ``label_images`` do: each pair of the grid places the training frames' own whole cells, as
-    many as each frame holds, on canvases of its size (repeated until ``min_cells`` are placed;
-    the same random draws for every pair), and the pair whose nearest-neighbour ratios are the
+    many as each frame holds, on canvases of its size (repeated until ``min_cells`` are placed,
+    at most ``max_repeats`` times; the same random draws for every pair), and the pair whose
+    nearest-neighbour ratios are the
     closest to the real ones (Wasserstein-1 over the real ratios' standard deviation) wins.
 
     Clustered cells start a colony next to a cell already placed, up to ``band`` radii beyond
@@ -345,7 +347,7 @@ def fit_clustering(
     if len(masks) < 3 or ratios.size < 3 or not ratios.std() > 0:
         return None
     counts = [len(np.unique(lab[lab > 0])) for lab in frames]
-    repeats = max(1, -(-min_cells // max(sum(counts), 1)))
+    repeats = min(max_repeats, max(1, -(-min_cells // max(sum(counts), 1))))
 
     def w1(prob: float, band: float) -> float:
         rng = np.random.default_rng(seed)
