@@ -387,13 +387,14 @@ class Synthesizer:
         image = self.background(image, pop.labels, params, frame)
         t3 = time.perf_counter()
         log.debug("masks and population %.2fs, texture %.2fs", t1 - t0, t3 - t2)
+        cluster_prob, cluster_band = self.clustering(params)
         info = asdict(params)
         info.update(
             size=list(params.size),
             cells_requested=n,
             cells_placed=pop.n_cells,
-            cluster_prob=self.clustering(params)[0],
-            cluster_band=self.clustering(params)[1],
+            cluster_prob=cluster_prob,
+            cluster_band=cluster_band,
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
             exemplar_strength=self.exemplar_strength(pop.labels, params),
@@ -492,12 +493,12 @@ class Synthesizer:
         t1 = time.perf_counter()
         vols, timing = self.cell_volumes(list(masks), anisotropy, rng, gen)
         t2 = time.perf_counter()
-        cluster_prob, band = self.clustering(params)
+        cluster_prob, cluster_band = self.clustering(params)
         pop = place_cells(
             vols,
             size,
             cluster_prob=cluster_prob,
-            band=band,
+            band=cluster_band,
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
         )
@@ -512,8 +513,8 @@ class Synthesizer:
             voxel_size=list(vs),
             cells_requested=n,
             cells_placed=pop.n_cells,
-            cluster_prob=self.clustering(params)[0],
-            cluster_band=self.clustering(params)[1],
+            cluster_prob=cluster_prob,
+            cluster_band=cluster_band,
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
             multiview_model=str(self.multiview.path) if self.multiview.path else None,
