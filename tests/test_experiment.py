@@ -218,12 +218,25 @@ def test_a_convergence_ladder_trains_every_row_at_the_baselines_budget(laddered)
     assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
 
 
-def test_a_ladder_on_two_devices_trains_its_rungs_side_by_side(laddered, tmp_path):
+def test_a_ladder_on_two_devices_trains_its_rungs_side_by_side(laddered, tmp_path, monkeypatch):
     """``--devices cpu cpu``: the doublings train at once, one process each, and the decision
     and the rows are the sequential run's."""
+    from cellsynth.experiment import parallel
+
     cfg, seq = laddered
     out = tmp_path / "par"
+    started, alive = [], []
+    start = parallel._start
+
+    def counting_start(*args, **kwargs):
+        proc, log_file = start(*args, **kwargs)
+        started.append(proc)
+        alive.append(sum(p.poll() is None for p in started))
+        return proc, log_file
+
+    monkeypatch.setattr(parallel, "_start", counting_start)
     assert main(["-q", "experiment", str(cfg), "-o", str(out), "--devices", "cpu", "cpu"]) == 0
+    assert max(alive) == 2, alive  # two processes at once on the one device named twice
     par = json.loads((out / "convergence" / "decision.json").read_text())
     ref = json.loads((seq / "convergence" / "decision.json").read_text())
     assert [(r["epochs"], r["SEG"]) for r in par["ladder"]] == [

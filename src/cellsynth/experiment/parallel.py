@@ -73,11 +73,11 @@ def run_rows_in_parallel(
         key=lambda r: 0 if scorer is not None and r.name == scorer.name else 1,
     )
     total = max(len(pending), 1)
-    running: dict[str, tuple[Row, Any, Any]] = {}
+    running: dict[int, tuple[Row, Any, Any]] = {}  # by slot: ``cpu cpu`` is two slots
     try:
         while pending or running:
-            for dev in devices:
-                if dev in running:
+            for slot, dev in enumerate(devices):
+                if slot in running:
                     continue
                 ready = [
                     r for r in pending if not r.curated or exp.finished(scorer, epochs) is not None
@@ -86,10 +86,10 @@ def run_rows_in_parallel(
                     break
                 row = ready[0]
                 pending.remove(row)
-                running[dev] = (row, *_start(exp, dev, ["--only", row.name], row.slug, env))
+                running[slot] = (row, *_start(exp, dev, ["--only", row.name], row.slug, env))
                 yield ExperimentProgress("training", row.name, 0.0, f"started on {dev}")
             time.sleep(poll_seconds)
-            for dev, row in _ended(running, exp, lambda r: (f"row {r.name!r}", r.slug)):
+            for dev, row in _ended(running, devices, exp, lambda r: (f"row {r.name!r}", r.slug)):
                 left = len(pending) + len(running)
                 yield ExperimentProgress(
                     "evaluation", row.name, 1.0 - left / total, f"finished on {dev}"
@@ -113,7 +113,7 @@ def _ladder_in_parallel(
     longest rung, not the sum). A rung that finished rungs make unnecessary (the ladder
     converged below it) is stopped.
     """
-    running: dict[str, tuple[tuple[int, float | None], Any, Any]] = {}
+    running: dict[int, tuple[tuple[int, float | None], Any, Any]] = {}  # by slot
 
     def tag(rung: tuple[int, float | None]) -> str:
         return f"ladder_{rung[0]}" + ("" if rung[1] is None else f"_lr{rung[1]:g}")
@@ -121,27 +121,28 @@ def _ladder_in_parallel(
     try:
         while True:
             needed = exp.pending_rungs()
-            for dev, (rung, proc, log_file) in list(running.items()):
+            for slot, (rung, proc, log_file) in list(running.items()):
                 if rung not in needed:  # decided without it
                     proc.terminate()
                     proc.wait()
                     log_file.close()
-                    del running[dev]
-                    log.info("rung %s on %s stopped: not needed", tag(rung), dev)
+                    del running[slot]
+                    log.info("rung %s on %s stopped: not needed", tag(rung), devices[slot])
             if not needed and not running:
                 return
             busy = {rung for rung, _, _ in running.values()}
             todo = sorted((r for r in needed if r not in busy), key=lambda r: -r[0])
-            for dev in devices:
-                if dev in running or not todo:
+            for slot, dev in enumerate(devices):
+                if slot in running or not todo:
                     continue
                 rung = todo.pop(0)
                 args = ["--rung", str(rung[0])]
                 args += [] if rung[1] is None else ["--rung-lr", repr(rung[1])]
-                running[dev] = (rung, *_start(exp, dev, args, tag(rung), env))
+                running[slot] = (rung, *_start(exp, dev, args, tag(rung), env))
                 yield ExperimentProgress("convergence", tag(rung), 0.0, f"started on {dev}")
             time.sleep(poll_seconds)
-            for dev, rung in _ended(running, exp, lambda r: (f"convergence rung {tag(r)}", tag(r))):
+            ended = _ended(running, devices, exp, lambda r: (f"convergence rung {tag(r)}", tag(r)))
+            for dev, rung in ended:
                 yield ExperimentProgress("convergence", tag(rung), 1.0, f"finished on {dev}")
     finally:
         for _rung, proc, log_file in running.values():  # interrupted: stop this run's rungs
@@ -166,18 +167,20 @@ def _start(
 
 
 def _ended(
-    running: dict[str, tuple[Any, Any, Any]],
+    running: dict[int, tuple[Any, Any, Any]],
+    devices: Sequence[str],
     exp: Experiment,
     names: Any,
 ) -> Iterator[tuple[str, Any]]:
-    """Take the processes of ``running`` (device: (item, process, log file)) that have ended
-    out of it: (device, item); one that failed raises, naming its log (``names(item)`` gives
-    the item's words and its log's name)."""
-    for dev, (item, proc, log_file) in list(running.items()):
+    """Take the processes of ``running`` (slot in ``devices``: (item, process, log file)) that
+    have ended out of it: (device, item); one that failed raises, naming its log
+    (``names(item)`` gives the item's words and its log's name)."""
+    for slot, (item, proc, log_file) in list(running.items()):
         if proc.poll() is None:
             continue
         log_file.close()
-        del running[dev]
+        del running[slot]
+        dev = devices[slot]
         if proc.returncode != 0:
             what, name = names(item)
             raise CellsynthInputError(
