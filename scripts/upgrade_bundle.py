@@ -14,6 +14,9 @@
   and 0.5);
 * ``cells.mask_smooth``: the smoothing of the sampled masks' outlines, fitted so that their
   solidity matches the training cells' (``masks.fit_smoothing``; before: 1.25 model pixels);
+* ``optical_blur``: the Gaussian blur synthesis puts on the painted image, fitted so that the
+  synthetic cells' boundary gradient matches the training cells' (``Synthesizer.fit_blur``;
+  before: none);
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
   elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
   (docs/synthesis.md, "Cell shapes").
@@ -36,6 +39,7 @@ from cellsynth.errors import CellsynthInputError
 from cellsynth.io import labelled_slices, read_pairs, write_json
 from cellsynth.learn import layout_record, training_solidity
 from cellsynth.masks import fit_bundle_smoothing, mask_config
+from cellsynth.synthesize import Synthesizer
 
 
 def main() -> int:
@@ -66,6 +70,10 @@ def main() -> int:
     if atlas.ndim == 2:  # with the new sampler settings in place
         smooth = fit_bundle_smoothing(GeneratorBundle.load(args.output), training_solidity(atlas))
         meta["cells"]["mask_smooth"] = record["mask_smooth"] = smooth
+        write_json(args.output / "bundle.json", meta)
+        images = [img for p in pairs for _, img, _ in labelled_slices(p)]
+        synth = Synthesizer(GeneratorBundle.load(args.output), device="cpu")
+        meta["optical_blur"] = record["optical_blur"] = synth.fit_blur(images, slices)
         write_json(args.output / "bundle.json", meta)
     print(json.dumps({"bundle": str(args.output), **record}))
     return 0

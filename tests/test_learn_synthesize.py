@@ -140,6 +140,46 @@ def test_learn_fits_the_clustering_and_synthesis_uses_it(tiny_bundle, tmp_path):
         GeneratorBundle.load(tmp_path / "bad")
 
 
+def test_learn_fits_the_optical_blur_and_synthesis_puts_it_on(tiny_bundle, train_folder, tmp_path):
+    """The learnt 2D bundle records the blur fitted to its training cells' boundary gradient;
+    a blurrier training set asks for more blur; synthesis blurs by the bundle's sigma unless
+    told otherwise, which softens the cells' boundaries; a bad value is refused by name."""
+    from scipy import ndimage
+
+    from cellsynth.metrics import texture_table
+    from cellsynth.synthesize import BLUR_SIGMAS
+
+    b = GeneratorBundle.load(tiny_bundle)
+    fit = b.meta["optical_blur"]
+    assert fit["sigma"] in BLUR_SIGMAS and set(fit["edge_gradient_ratio"]) == {
+        f"{s:g}" for s in BLUR_SIGMAS
+    }
+    pairs = read_dataset(train_folder).pairs
+    images, labels = [p.image for p in pairs], [p.labels for p in pairs]
+    synth = Synthesizer(b, "cpu")
+    sharp = synth.fit_blur(images, labels)
+    soft = synth.fit_blur([ndimage.gaussian_filter(i, 2.0) for i in images], labels)
+    assert soft["sigma"] > sharp["sigma"]
+    assert soft["edge_gradient_real"] < sharp["edge_gradient_real"]
+    params = SynthesisParams(size=(96, 96), cells=8, steps=2, seed=3)
+    b.meta["optical_blur"] = {"sigma": 1.5}
+    blurred = Synthesizer(b, "cpu").sample(params)
+    assert blurred.params["blur"] == 1.5
+    plain = Synthesizer(b, "cpu").sample(SynthesisParams(**{**vars(params), "blur": 0.0}))
+    assert plain.params["blur"] == 0.0 and np.array_equal(plain.labels, blurred.labels)
+
+    def gradient(pair):
+        return np.nanmedian(texture_table(pair.image, pair.labels)["edge_gradient"])
+
+    assert gradient(blurred) < gradient(plain)
+    with pytest.raises(CellsynthInputError, match="blur"):
+        Synthesizer(b, "cpu").sample(SynthesisParams(**{**vars(params), "blur": -1.0}))
+    b.meta["optical_blur"] = {"sigma": 50}
+    b.save(tmp_path / "bad")
+    with pytest.raises(CellsynthInputError, match=r"optical_blur\.sigma"):
+        GeneratorBundle.load(tmp_path / "bad")
+
+
 def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle, tmp_path, capsys):
     out = tmp_path / "synth"
     assert (

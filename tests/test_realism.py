@@ -46,6 +46,23 @@ def test_texture_features_do_not_depend_on_the_intensity_scale():
         np.testing.assert_allclose(a[k], b[k], rtol=1e-6, err_msg=k)
 
 
+def test_a_cell_lost_in_the_camera_noise_has_no_texture_relative_to_its_contrast():
+    """Contrast below 3 x the background noise: the four features divided by the contrast are
+    NaN (they would measure the noise over a number near 0); its brightness is kept."""
+    rng = np.random.default_rng(0)
+    lab = np.zeros((96, 96), np.int32)
+    lab[20:40, 20:40], lab[60:80, 60:80] = 1, 2
+    img = 100.0 + rng.normal(0, 2.0, lab.shape)
+    img[lab == 1] += 50.0  # 25 x the noise
+    img[lab == 2] += 2.0  # 1 x the noise
+    t = texture_table(img, lab)
+    for k in ("texture_spread", "edge_contrast", "edge_gradient", "radial_profile"):
+        assert np.isfinite(t[k][0]) and np.isnan(t[k][1]), k
+    assert 0 < t["brightness"][1] < 0.1 < t["brightness"][0]
+    img[lab == 2] += 10.0  # 6 x the noise: measured
+    assert np.isfinite(texture_table(img, lab)["texture_spread"]).all()
+
+
 def test_blurred_boundaries_lower_edge_contrast_and_gradient():
     sharp, lab = _scene(1, blur=0.0)
     soft, _ = _scene(1, blur=2.5)

@@ -350,6 +350,7 @@ def test_synthesize_draws_what_the_core_synthesize_draws_and_leaves_no_temporary
     img, lab = viewer.layers
     assert img.metadata["cellsynth"]["dataset_name"] is None  # nothing kept on disk
     assert w.params().cluster_prob is None  # the bundle's clustering, as the CLI's default
+    assert w.params().blur is None  # the bundle's optical blur, likewise
     after = set(glob.glob(str(Path(tempfile.gettempdir()) / "cellsynth-synth-*")))
     assert after <= before
     for _ in synthesize(tmp_path / "cli", 1, w.params(), device="cpu"):

@@ -50,6 +50,10 @@ MODELS = ("mask_model", "texture_model")
 MULTIVIEW = "multiview_model"  # optional part: a refined multiview model (learn --3d)
 
 
+#: the largest optical blur (Gaussian sigma, px) a bundle or ``--blur`` may ask for
+MAX_BLUR = 10.0
+
+
 def builtin_bundle_path() -> Path:
     """The small bundle shipped with cellsynth (trained on the built-in CC0 nuclei)."""
     return Path(str(files("cellsynth") / "data" / "bundle_dsb2018"))
@@ -501,6 +505,11 @@ def validate_meta(meta: dict[str, Any], where: Path) -> None:
     if rho is not _MISSING and rho is not None:
         _float(meta, "texture3d.rho", where, lo=0.0)
     _float(meta, "exemplar_strength", where, lo=0.0, hi=1.0, strict=True, optional=True)
+    blur = meta.get("optical_blur")
+    if blur is not None:
+        if not isinstance(blur, dict):
+            raise _bad(where, "optical_blur", "null or an object with a 'sigma'", blur)
+        _float(meta, "optical_blur.sigma", where, lo=0.0, hi=MAX_BLUR)
     if "shape_prior" in meta and not isinstance(meta["shape_prior"], dict):
         raise _bad(where, "shape_prior", "an object", meta["shape_prior"])
 

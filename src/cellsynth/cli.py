@@ -344,6 +344,7 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         size_factor=args.size_factor,
         brightness=args.brightness,
         exemplar_strength=getattr(args, "exemplar_strength", None),
+        blur=getattr(args, "blur", None),
         rho=getattr(args, "rho", None),
         voxel_size=tuple(args.voxel_size) if getattr(args, "voxel_size", None) else None,
     )
@@ -914,6 +915,14 @@ def _synthesize_parser(sub: Any) -> None:
             help="2D, bundles holding exemplar cells: how much of the diffusion schedule the "
             "texture model repaints over real training cells warped onto the new masks (0-1; "
             "1 = the model alone, from noise; default: the bundle's)",
+        )
+        p.add_argument(
+            "--blur",
+            type=float,
+            default=None,
+            help="2D: Gaussian sigma (px) of the optical blur put on the painted image before "
+            "the camera noise (default: the bundle's, fitted to its training cells' boundary "
+            "gradient; 0 for bundles that do not record it)",
         )
         p.add_argument(
             "--size-factor",

@@ -52,6 +52,7 @@ from cellsynth.population import (
 )
 from cellsynth.preview import write_progress
 from cellsynth.settings import LearnSettings
+from cellsynth.synthesize import Synthesizer
 from cellsynth.texture import TextureTiles, frame_brightness, texture_config
 
 log = logging.getLogger(__name__)
@@ -428,6 +429,11 @@ def _learn(
     assert last is not None
     if not resume and last.total_steps == 0:
         save()  # no step fitted in the budget: still leave a (untrained) bundle behind
+    if accelerator.is_main_process and atlas.ndim == 2 and last.total_steps > 0:
+        log.info("fitting the optical blur to the training cells' boundaries")
+        fit = Synthesizer(bundle, device=device).fit_blur(slice_images, slice_labels)
+        bundle.meta["optical_blur"] = fit
+        bundle.save_meta()
     if accelerator.is_main_process:
         log.info("saved bundle to %s", out)
     yield _progress(last, 1.0, checkpoint=str(out))

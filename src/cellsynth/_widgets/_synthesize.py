@@ -145,6 +145,16 @@ class SynthesizeWidget(Container):
             tooltip="probability that a cell is placed next to others; -1 uses the bundle's, "
             "fitted to its training frames' nearest-neighbour distances (0.3 for older bundles)",
         )
+        self.blur = FloatSpinBox(
+            label="optical blur px (-1 = bundle's)",
+            value=-1.0,
+            min=-1.0,
+            max=10.0,
+            step=0.1,
+            tooltip="2D: Gaussian sigma of the blur put on the painted image before the camera "
+            "noise; -1 uses the bundle's, fitted to its training cells' boundaries (0 for older "
+            "bundles)",
+        )
         self.steps = SpinBox(
             label="texture steps (0 = bundle's)", value=defaults.steps or 0, min=0, max=200
         )
@@ -191,6 +201,7 @@ class SynthesizeWidget(Container):
                 self.rho,
                 self.cells,
                 self.cluster,
+                self.blur,
                 self.steps,
                 self.brightness,
                 self.exemplar,
@@ -234,6 +245,7 @@ class SynthesizeWidget(Container):
             rho=float(self.rho.value) if three and self.rho.value >= 0 else None,
             cells=int(self.cells.value) or None,
             cluster_prob=float(self.cluster.value) if self.cluster.value >= 0 else None,
+            blur=float(self.blur.value) if self.blur.value >= 0 else None,
             steps=int(self.steps.value) or None,
             seed=int(self.seed.value),
             brightness=str(self.brightness.value),

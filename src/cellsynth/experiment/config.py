@@ -55,7 +55,10 @@ SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
         (Learn3DSettings, ("multiview_steps", "voxel_size")),
     ),
     "synthetic": (
-        (SynthesisParams, ("seed", "steps", "cluster_prob", "brightness", "exemplar_strength")),
+        (
+            SynthesisParams,
+            ("seed", "steps", "cluster_prob", "brightness", "exemplar_strength", "blur"),
+        ),
     ),
     "training": (
         (
@@ -271,7 +274,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
     "synthetic": {
         "n": (_INT, 0, None), "seed": (_INT, None, None), "steps": (_INT, 1, 1000),
         "cluster_prob": (_NUM, 0, 1), "brightness": (_STR, None, None),
-        "exemplar_strength": (_NUM, 0.01, 1),
+        "exemplar_strength": (_NUM, 0.01, 1), "blur": (_NUM, 0, 10),
     },
     "training": {
         "epochs": (_INT, 1, None), "nimg_per_epoch": (_INT, 1, None), "seed": (_INT, None, None),
