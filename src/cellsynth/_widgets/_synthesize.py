@@ -120,12 +120,10 @@ class SynthesizeWidget(Container):
         )
         defaults = SynthesisParams()
         self.canvas_z = SpinBox(label="slices (3D)", value=32, min=1, max=1024, visible=False)
-        self.rho = FloatSpinBox(
-            label="rho (3D, -1 = bundle's)",
-            value=-1.0,
-            min=-1.0,
-            max=100.0,
-            step=0.25,
+        self.rho = _bundles_or(
+            "rho (3D, -1 = bundle's)",
+            100.0,
+            0.25,
             visible=False,
             tooltip="correlation of the slices' initial noise (paper 001, eq. 2); -1 uses the "
             "value calibrated on the bundle's 3D data",
@@ -136,21 +134,17 @@ class SynthesizeWidget(Container):
         self.cells = SpinBox(
             label="cells (0 = auto)", value=defaults.cells or 0, min=0, max=100_000
         )
-        self.cluster = FloatSpinBox(
-            label="clustering (-1 = bundle's)",
-            value=-1.0,
-            min=-1.0,
-            max=1.0,
-            step=0.05,
+        self.cluster = _bundles_or(
+            "clustering (-1 = bundle's)",
+            1.0,
+            0.05,
             tooltip="probability that a cell is placed next to others; -1 uses the bundle's, "
             "fitted to its training frames' nearest-neighbour distances (0.3 for older bundles)",
         )
-        self.blur = FloatSpinBox(
-            label="optical blur px (-1 = bundle's)",
-            value=-1.0,
-            min=-1.0,
-            max=10.0,
-            step=0.1,
+        self.blur = _bundles_or(
+            "optical blur px (-1 = bundle's)",
+            10.0,
+            0.1,
             tooltip="2D: Gaussian sigma of the blur put on the painted image before the camera "
             "noise; -1 uses the bundle's, fitted to its training cells' boundaries (0 for older "
             "bundles)",
@@ -350,3 +344,8 @@ class SynthesizeWidget(Container):
     def _cancel(self) -> None:
         if self.job is not None:
             self.job.cancel()
+
+
+def _bundles_or(label: str, maximum: float, step: float, **kw: Any) -> FloatSpinBox:
+    """A spin box from -1 (the bundle's value) to ``maximum``, showing -1 at first."""
+    return FloatSpinBox(label=label, value=-1.0, min=-1.0, max=maximum, step=step, **kw)
