@@ -493,6 +493,12 @@ class Experiment:
         sweep = [self._rung_record(base, start, v) for v in rates]
         if any(r is None for r in sweep):
             todo = [(start, v) for v, r in zip(rates, sweep, strict=True) if r is None]
+            if len(rates) == 1:  # no sweep to wait for: the doublings are independent of it
+                e = 2 * start
+                while e <= spec.max_epochs:
+                    if self._rung_record(base, e, rates[0]) is None:
+                        todo.append((e, rates[0]))
+                    e *= 2
             return _Ladder(missing=todo)
         seg = [-1.0 if r["SEG"] is None else r["SEG"] for r in sweep]  # type: ignore[index]
         best = seg.index(max(seg))  # the first on ties
