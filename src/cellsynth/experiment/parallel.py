@@ -109,9 +109,9 @@ def _ladder_in_parallel(
     """Train the convergence ladder's rungs side by side, one process per device.
 
     The rungs are independent trainings: the learning-rate sweep's first, then every doubling
-    up to ``max_epochs`` at once (the longest first, so the ladder takes about the time of its
-    longest rung, not the sum); without a sweep, the first rung and the doublings all at once. A rung that finished rungs make unnecessary (the ladder
-    converged below it) is stopped.
+    up to ``max_epochs`` at once (without a sweep, the first rung and its doublings together),
+    the longest first, so the ladder takes about the time of its longest rung, not the sum. A
+    rung that finished rungs make unnecessary (the ladder converged below it) is stopped.
     """
     running: dict[int, tuple[tuple[int, float | None], Any, Any]] = {}  # by slot
 
