@@ -142,7 +142,7 @@ class SynthesizeWidget(Container):
             "fitted to its training frames' nearest-neighbour distances (0.3 for older bundles)",
         )
         self.blur = _bundles_or(
-            "optical blur px (-1 = bundle's)",
+            "blur px (-1 = bundle's)",
             10.0,
             0.1,
             tooltip="2D: Gaussian sigma of the blur put on the painted image before the camera "
