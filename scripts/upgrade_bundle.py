@@ -67,13 +67,14 @@ def main() -> int:
     meta["mask_config"]["sampling_steps"] = new.sampling_steps
     meta["derived_from"] = str(args.bundle)
     write_json(args.output / "bundle.json", meta)
-    if atlas.ndim == 2:  # with the new sampler settings in place
-        smooth = fit_bundle_smoothing(GeneratorBundle.load(args.output), training_solidity(atlas))
+    if atlas.ndim == 2:  # with the new sampler settings in place; the blur with the smoothing
+        bundle = GeneratorBundle.load(args.output)
+        smooth = fit_bundle_smoothing(bundle, training_solidity(atlas))
         meta["cells"]["mask_smooth"] = record["mask_smooth"] = smooth
-        write_json(args.output / "bundle.json", meta)
+        bundle.meta["cells"]["mask_smooth"] = smooth
         images = [img for p in pairs for _, img, _ in labelled_slices(p)]
-        synth = Synthesizer(GeneratorBundle.load(args.output), device="cpu")
-        meta["optical_blur"] = record["optical_blur"] = synth.fit_blur(images, slices)
+        fit = Synthesizer(bundle, device="cpu").fit_blur(images, slices)
+        meta["optical_blur"] = record["optical_blur"] = fit
         write_json(args.output / "bundle.json", meta)
     print(json.dumps({"bundle": str(args.output), **record}))
     return 0

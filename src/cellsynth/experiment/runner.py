@@ -494,11 +494,7 @@ class Experiment:
         if any(r is None for r in sweep):
             todo = [(start, v) for v, r in zip(rates, sweep, strict=True) if r is None]
             if len(rates) == 1:  # no sweep to wait for: the doublings are independent of it
-                e = 2 * start
-                while e <= spec.max_epochs:
-                    if self._rung_record(base, e, rates[0]) is None:
-                        todo.append((e, rates[0]))
-                    e *= 2
+                todo += self._missing_doublings(base, start, rates[0])
             return _Ladder(missing=todo)
         seg = [-1.0 if r["SEG"] is None else r["SEG"] for r in sweep]  # type: ignore[index]
         best = seg.index(max(seg))  # the first on ties
@@ -507,19 +503,27 @@ class Experiment:
         while 2 * walk.epochs <= spec.max_epochs:
             rec = self._rung_record(base, 2 * walk.epochs, lr)
             if rec is None:
-                budgets = []
-                e = 2 * walk.epochs
-                while e <= spec.max_epochs:
-                    if self._rung_record(base, e, lr) is None:
-                        budgets.append(e)
-                    e *= 2
-                return _Ladder(missing=[(e, lr) for e in budgets])
+                return _Ladder(missing=self._missing_doublings(base, walk.epochs, lr))
             walk.ladder.append(rec)
             if abs((rec["SEG"] or 0.0) - (walk.ladder[-2]["SEG"] or 0.0)) < spec.tolerance:
                 walk.converged = True
                 break
             walk.epochs *= 2
         return walk
+
+    def _missing_doublings(
+        self, base: Row, epochs: int, lr: float | None
+    ) -> list[tuple[int, float | None]]:
+        """The rungs above ``epochs`` (each doubling up to ``max_epochs``) not trained yet."""
+        spec = self.config.convergence_spec
+        assert spec is not None
+        missing = []
+        e = 2 * epochs
+        while e <= spec.max_epochs:
+            if self._rung_record(base, e, lr) is None:
+                missing.append((e, lr))
+            e *= 2
+        return missing
 
     def _rung_paths(self, row: Row, epochs: int, lr: float | None) -> tuple[Path, Path]:
         tag = f"{row.slug}@{epochs}" + ("" if lr is None else f"_lr{lr:g}")

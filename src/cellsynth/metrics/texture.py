@@ -122,14 +122,26 @@ def texture_table(image: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray
 
 
 def _background_noise(img: np.ndarray, lab: np.ndarray) -> float:
-    """Robust standard deviation (1.4826 x MAD) of the background's fine part (the image minus
-    its Gaussian-smoothed self, sigma 2 px), pixels 3 px or more from any cell; 0 without
+    """The camera noise :func:`background_stats` measures, in intensity units; 0 without
     background."""
     from scipy import ndimage
 
-    fg = ndimage.binary_dilation(lab > 0, iterations=3)
-    v = (img - ndimage.gaussian_filter(img, 2.0))[~fg]
-    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else 0.0
+    noise = _fine_noise(img, ndimage.binary_dilation(lab > 0, iterations=3))
+    return noise if np.isfinite(noise) else 0.0
+
+
+def _fine_noise(img: np.ndarray, fg: np.ndarray) -> float:
+    """Robust standard deviation (1.4826 x MAD) of the image minus its Gaussian-smoothed self
+    (sigma 2 px) over the pixels outside ``fg``; NaN if there are none."""
+    from scipy import ndimage
+
+    return _mad((img - ndimage.gaussian_filter(img, 2.0))[~fg])
+
+
+def _mad(v: np.ndarray) -> float:
+    """1.4826 x the median absolute deviation of the finite values (NaN if none)."""
+    v = v[np.isfinite(v)]
+    return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else float("nan")
 
 
 def shared_boundaries(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -211,15 +223,10 @@ def background_stats(image: np.ndarray, labels: np.ndarray) -> dict[str, float]:
     if not c > 0:
         return dict.fromkeys(BACKGROUND_FEATURES, nan)
 
-    def mad(v: np.ndarray) -> float:
-        v = v[np.isfinite(v)]
-        return float(1.4826 * np.median(np.abs(v - np.median(v)))) if v.size else nan
-
-    fine = img - ndimage.gaussian_filter(img, 2.0)
     coarse = _masked_smooth(img, ~fg, max(2.0, 2 * np.sqrt(np.median(areas) / np.pi)))
     return {
-        "background_noise": mad(fine[~fg]) / c,
-        "illumination": mad(coarse[~fg]) / c,
+        "background_noise": _fine_noise(img, fg) / c,
+        "illumination": _mad(coarse[~fg]) / c,
         "brightness_spread": float(np.std(contrast) / np.mean(contrast))
         if ids.size > 1 and np.mean(contrast) > 0
         else nan,
