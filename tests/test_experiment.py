@@ -269,6 +269,68 @@ def test_a_converged_ladder_stops_and_a_sweep_picks_the_learning_rate_for_every_
 
 
 @pytest.mark.parametrize(
+    ("seg", "expected"),
+    [
+        ({50: 0.80, 100: 0.84, 200: 0.77, 400: 0.95}, (100, False, True)),  # past its peak
+        ({50: 0.80, 100: 0.805, 200: 0.95}, (50, True, False)),  # flat: converged
+        ({50: 0.70, 100: 0.75, 200: 0.80, 400: 0.85}, (400, False, False)),  # still rising
+    ],
+)
+def test_the_ladder_stops_where_doubling_is_flat_or_makes_the_baseline_worse(
+    tmp_path, monkeypatch, seg, expected
+):
+    """A doubling that lowers the held-out SEG by more than the tolerance means the baseline
+    is past its peak: the rows train at the lower budget (not at the maximum, overtrained)."""
+    cfg = load_config(_ladder_config(tmp_path, start_epochs=50, max_epochs=400))
+    exp = Experiment(cfg, tmp_path / "out", device="cpu")
+
+    def record(row, epochs, lr):
+        return {"epochs": epochs, "SEG": seg[epochs]} if epochs in seg else None
+
+    monkeypatch.setattr(exp, "_rung_record", record)
+    walk = exp._walk()
+    assert (walk.epochs, walk.converged, walk.peaked) == expected
+    assert walk.missing == []
+
+
+def test_a_changed_evaluation_scores_finished_rows_again_without_training(finished, tmp_path):
+    """Adding ``evaluation.stitch_threshold`` to a finished experiment's config scores its
+    models again (the former scores kept) and trains nothing."""
+    import shutil
+
+    cfg, done = finished
+    out = tmp_path / "out"
+    shutil.copytree(done, out)
+    c = json.loads(cfg.read_text()) | {"evaluation": {"stitch_threshold": 0.25}}
+    new_cfg = _write(tmp_path, c)
+    mtimes = {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()}
+    assert main(["-q", "experiment", str(new_cfg), "-o", str(out), "--device", "cpu"]) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").iterdir()} == mtimes
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["rows"]) == {"real", "synthetic", "both curated"}
+    for rec in res["rows"].values():
+        assert rec["evaluation"] == {"stitch_threshold": 0.25}
+        assert rec["previous_scores"][-1]["evaluation"] == {}
+        assert rec["previous_scores"][-1]["SEG"] == pytest.approx(rec["SEG"])  # 2D: the same
+    assert "IoU >= 0.25" in (out / "results.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("evaluation", "expected"),
+    [
+        ({"stitch_threshold": 0}, "'stitch_threshold' must be a number in [0.001, 1]"),
+        ({"stitch_threshold": "yes"}, "'stitch_threshold' must be a number"),
+        ({"stitch": 0.2}, "unknown key(s) ['stitch'] in 'evaluation'"),
+    ],
+)
+def test_bad_evaluation_sections_get_one_line_errors(tmp_path, capsys, evaluation, expected):
+    path = _write(tmp_path, tiny_config(evaluation=evaluation))
+    assert main(["experiment", str(path), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expected in err[0], err
+
+
+@pytest.mark.parametrize(
     ("convergence", "expected"),
     [
         ({"row": "both"}, "'row' 'both' must name a row that trains on real data only"),

@@ -141,13 +141,14 @@ def _evaluate_model(args: argparse.Namespace) -> int:
     """Segment DATA with MODEL, then score against DATA's labels."""
     from cellsynth.io import read_dataset
     from cellsynth.metrics import Evaluation
-    from cellsynth.segment import evaluating, load_model
+    from cellsynth.segment import check_stitch_threshold, evaluating, load_model
 
     _check_json_output(args, [args.pred, args.model])
+    check_stitch_threshold(args.stitch_threshold)
     model = load_model(args.model, args.device, args.backend)
     ds = read_dataset(args.pred, require_labels=True, require_images=True)
     last = run_job(
-        evaluating(model, ds.pairs),
+        evaluating(model, ds.pairs, args.stitch_threshold),
         total=len(ds.pairs),
         desc="segmenting",
         unit="image",
@@ -505,8 +506,9 @@ def _backend_arg(p: argparse.ArgumentParser, *, for_model: bool) -> None:
 def cmd_segment(args: argparse.Namespace) -> int:
     from cellsynth.io import read_pairs
     from cellsynth.outputs import check_output_folder
-    from cellsynth.segment import load_model
+    from cellsynth.segment import check_stitch_threshold, load_model
 
+    check_stitch_threshold(args.stitch_threshold)
     pairs = read_pairs(args.inputs)
     pairs = [p for p in pairs if p.has_image]
     if not pairs:
@@ -522,7 +524,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device, args.backend)
     args.output.mkdir(parents=True, exist_ok=True)
     run_job(
-        _segment_into(args.output, model, pairs, args.diameter),
+        _segment_into(args.output, model, pairs, args.diameter, args.stitch_threshold),
         total=len(pairs),
         desc="segmenting",
         unit="image",
@@ -534,14 +536,24 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _segment_into(
-    out: Path, model: Any, pairs: Sequence[Any], diameter: float | None
+    out: Path,
+    model: Any,
+    pairs: Sequence[Any],
+    diameter: float | None,
+    stitch_threshold: float | None = None,
 ) -> Iterator[Path]:
     """Segment each pair's image and write its labels as ``out/NAME.tif``; yields each file."""
     from cellsynth.io import write_tiff
     from cellsynth.segment import segment
 
     for p in pairs:
-        labels = segment(model, p.image, diameter=diameter, path=p.image_path)
+        labels = segment(
+            model,
+            p.image,
+            diameter=diameter,
+            path=p.image_path,
+            stitch_threshold=stitch_threshold,
+        )
         yield write_tiff(out / f"{p.name}.tif", labels, voxel_size=p.voxel_size)
 
 
@@ -723,6 +735,7 @@ def _evaluate_parser(sub: Any) -> None:
         help="segment PRED's images with this Cellpose model, score against its labels",
     )
     p.add_argument("--device", default="auto", help="with --model: auto, cpu, cuda or mps")
+    _stitch_arg(p, "with --model: ")
     _backend_arg(p, for_model=True)
     p.add_argument(
         "--json", type=Path, metavar="FILE", help="also write summary and per-image rows here"
@@ -1080,9 +1093,22 @@ def _segment_parser(sub: Any) -> None:
         help="cell diameter in px (default: the model's training diameter)",
     )
     p.add_argument("--device", default="auto")
+    _stitch_arg(p)
     _backend_arg(p, for_model=True)
     p.add_argument("-o", "--output", type=Path, required=True, help="output folder")
     p.set_defaults(func=cmd_segment)
+
+
+def _stitch_arg(p: Any, prefix: str = "") -> None:
+    p.add_argument(
+        "--stitch-threshold",
+        type=float,
+        default=None,
+        metavar="IOU",
+        help=prefix + "3D stacks: segment each XY slice in 2D and join nuclei of consecutive "
+        "slices that overlap by this IoU (e.g. 0.25), instead of Cellpose's 3D mode; better "
+        "for stacks of few, coarse slices (default: 3D mode)",
+    )
 
 
 def _score_parser(sub: Any) -> None:

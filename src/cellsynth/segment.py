@@ -106,12 +106,16 @@ def segment(
     do_3D: bool | None = None,
     anisotropy: float | None = None,
     path: Any = None,
+    stitch_threshold: float | None = None,
 ) -> np.ndarray:
-    """Instance labels of a 2D image or a 3D (Z, Y, X) stack (3D flows for stacks).
+    """Instance labels of a 2D image or a 3D (Z, Y, X) stack (3D flows for stacks; with
+    ``stitch_threshold``, XY slices segmented in 2D and stitched where consecutive slices'
+    nuclei overlap by that IoU — for stacks of few, coarse slices).
 
     ``model`` is a :class:`~cellsynth.segmenters.Segmenter` (see :func:`load_model`);
     ``path`` (the image's file, or its name) is named in errors about the image.
     """
+    check_stitch_threshold(stitch_threshold)
     image = np.asarray(image)
     if image.ndim not in (2, 3):
         raise CellsynthInputError(
@@ -120,11 +124,22 @@ def segment(
         )
     check_image_size(image.shape, path if path is not None else "image")
     three_d = image.ndim == 3 if do_3D is None else do_3D
-    masks = _as_segmenter(model).segment(
-        image, anisotropy=anisotropy if three_d else None, diameter=diameter, do_3D=three_d
-    )
+    if three_d and stitch_threshold is not None:
+        masks = _as_segmenter(model).segment_stitched(
+            image, threshold=stitch_threshold, diameter=diameter
+        )
+    else:
+        masks = _as_segmenter(model).segment(
+            image, anisotropy=anisotropy if three_d else None, diameter=diameter, do_3D=three_d
+        )
     masks = np.asarray(masks)
     return masks.astype(np.uint16 if masks.max() <= 65535 else np.uint32)
+
+
+def check_stitch_threshold(value: float | None, where: Any = "--stitch-threshold") -> None:
+    """A stitch threshold is an IoU in (0, 1] (None: Cellpose's 3D mode for stacks)."""
+    if value is not None and not 0.0 < value <= 1.0:
+        raise CellsynthInputError(f"the stitch threshold is an IoU in (0, 1], got {value:g}", where)
 
 
 def anisotropy_of(voxel_size: Sequence[float] | None, ndim: int) -> float | None:
@@ -134,7 +149,9 @@ def anisotropy_of(voxel_size: Sequence[float] | None, ndim: int) -> float | None
     return float(voxel_size[0]) / float(voxel_size[1])
 
 
-def evaluating(model: Any, pairs: Sequence[Pair]) -> Iterator[tuple[int, int, Evaluation]]:
+def evaluating(
+    model: Any, pairs: Sequence[Pair], stitch_threshold: float | None = None
+) -> Iterator[tuple[int, int, Evaluation]]:
     """:func:`evaluate_model` one image at a time, for a progress bar: yields (images done,
     images, the evaluation so far)."""
     from cellsynth.metrics import Evaluation, compare_frames
@@ -147,16 +164,20 @@ def evaluating(model: Any, pairs: Sequence[Pair]) -> Iterator[tuple[int, int, Ev
             image,
             anisotropy=anisotropy_of(p.voxel_size, image.ndim),
             path=p.image_path or p.name,
+            stitch_threshold=stitch_threshold,
         )
         ev.frames.extend(compare_frames(p.name, p.labels, pred, p.annotated_slices))
         yield i, len(pairs), ev
 
 
-def evaluate_model(model: Any, pairs: Sequence[Pair]) -> Evaluation:
-    """Segment each pair's image and score it against its labels (slice-wise when annotated)."""
+def evaluate_model(
+    model: Any, pairs: Sequence[Pair], stitch_threshold: float | None = None
+) -> Evaluation:
+    """Segment each pair's image and score it against its labels (slice-wise when annotated;
+    stacks stitched from 2D slices with ``stitch_threshold``, see :func:`segment`)."""
     from cellsynth.metrics import Evaluation
 
-    last = deque(evaluating(model, pairs), maxlen=1)  # run it, keep the last record
+    last = deque(evaluating(model, pairs, stitch_threshold), maxlen=1)  # keep the last record
     return last[0][2] if last else Evaluation()
 
 

@@ -31,11 +31,12 @@ log = logging.getLogger(__name__)
 
 CONFIG_KEYS = {
     "name", "description", "data", "train", "test", "bundle", "learn", "synthetic", "training",
-    "curation", "rows", "voxel_size", "convergence",
+    "curation", "rows", "voxel_size", "convergence", "evaluation",
 }  # fmt: skip
 ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "note"}
 CURATION_KEYS = {"score_with"}
 CONVERGENCE_KEYS = {"row", "start_epochs", "max_epochs", "tolerance", "learning_rates"}
+EVALUATION_KEYS = {"stitch_threshold"}
 
 #: the settings fields each section may set, by dataclass (the defaults are the dataclasses')
 SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
@@ -149,6 +150,7 @@ class ExperimentConfig:
     description: str = ""
     voxel_size: tuple[float, ...] | None = None  # for 3D data whose files do not record it
     convergence: dict[str, Any] = field(default_factory=dict)  # as written; see Convergence
+    evaluation: dict[str, Any] = field(default_factory=dict)  # how the test frames are scored
     source: Path | None = None
 
     @property
@@ -192,6 +194,12 @@ class ExperimentConfig:
         return int(self.finetune_settings.nimg_per_epoch or 0)
 
     @property
+    def stitch_threshold(self) -> float | None:
+        """Stacks scored as 2D slices stitched at this IoU (None: Cellpose's 3D mode)."""
+        v = self.evaluation.get("stitch_threshold")
+        return None if v is None else float(v)
+
+    @property
     def n_synthetic(self) -> int:
         return int(self.synthetic.get("n", max([r.synthetic for r in self.rows] + [0])))
 
@@ -231,8 +239,9 @@ class ExperimentConfig:
             "voxel_size": list(self.voxel_size) if self.voxel_size else None,
             "rows": [asdict(r) for r in self.rows],
         }
-        if self.convergence:  # only then: older configs resolve to the same config.json
-            d["convergence"] = self.convergence
+        for key in ("convergence", "evaluation"):  # only when set: older configs resolve to
+            if getattr(self, key):  # the same config.json
+                d[key] = getattr(self, key)
         return d
 
 
@@ -281,6 +290,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
         "batch_size": (_INT, 1, None), "bsize": (_INT, 16, None),
         "learning_rate": (_NUM, 0, None), "backend": (_STR, None, None),
     },
+    "evaluation": {"stitch_threshold": (_NUM, 0.001, 1)},
     "convergence": {
         "row": (_STR, None, None), "start_epochs": (_INT, 1, None),
         "max_epochs": (_INT, 1, None), "tolerance": (_NUM, 0, 1),
@@ -384,6 +394,9 @@ def config_from_dict(
         raw.get("convergence") or {}, CONVERGENCE_KEYS, "'convergence'", where
     )
     _check_values(convergence, "convergence", "'convergence'", where)
+    evaluation = _check_keys(raw.get("evaluation") or {}, EVALUATION_KEYS, "'evaluation'", where)
+    _check_values(evaluation, "evaluation", "'evaluation'", where)
+    evaluation = {k: v for k, v in evaluation.items() if v is not None}
     for section, values in sections.items():
         _check_values(values, section, f"'{section}'", where)
     learn, synthetic = sections["learn"], sections["synthetic"]
@@ -441,6 +454,7 @@ def config_from_dict(
         curation=curation,
         voxel_size=_voxel_size(raw.get("voxel_size"), where),
         convergence=convergence,
+        evaluation=evaluation,
         source=source,
     )
     if cfg.n_synthetic < max(r.synthetic for r in rows):

@@ -82,12 +82,23 @@ def _budget_lines(res: dict[str, Any], training: dict[str, Any]) -> list[str]:
     if not conv:
         return [f"Budget per row: {training['epochs']} epochs × {crops} crops (from scratch)."]
     lr = conv["learning_rate"]
-    state = "converged" if conv["converged"] else "**not converged** by the ladder's maximum"
+    tol = f"{conv['tolerance']:g}"
+    if conv["converged"]:
+        state = f"converged: doubling the budget moves its held-out SEG by less than {tol}"
+    elif conv.get("peaked"):
+        state = (
+            f"past its peak: doubling the budget lowers its held-out SEG by more than {tol}, "
+            "so the rows train at the lower budget"
+        )
+    else:
+        state = (
+            f"**not converged** by the ladder's maximum: doubling still moves its held-out "
+            f"SEG by {tol} or more"
+        )
     lines = [
         f"Budget per row: {conv['epochs']} epochs × {crops} crops (from scratch)"
         + ("" if lr is None else f", learning rate {lr:g}")
-        + f", chosen by the convergence ladder on row {conv['row']!r} ({state}: doubling the "
-        f"budget moves its held-out SEG by less than {conv['tolerance']:g}).",
+        + f", chosen by the convergence ladder on row {conv['row']!r} ({state}).",
     ]
     if conv.get("sweep"):
         lines += ["", "Learning-rate sweep (row " + repr(conv["row"]) + "):", ""]
@@ -112,6 +123,17 @@ def _budget_lines(res: dict[str, Any], training: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    t = evaluation.get("stitch_threshold")
+    if t is None:
+        return []
+    return [
+        "",
+        f"Scored: each test stack segmented slice by slice in 2D, nuclei of consecutive "
+        f"slices joined where they overlap by IoU >= {t:g} (not Cellpose's 3D mode).",
+    ]
+
+
 def results_markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
     training = section_defaults("training") | {
@@ -128,6 +150,7 @@ def results_markdown(res: dict[str, Any]) -> str:
         + ", ".join((cfg.get("learn") or {}).get("frames") or cfg["train"])
         + " (`OUT/bundle`).",
         *_budget_lines(res, training),
+        *_evaluation_lines(cfg.get("evaluation") or {}),
         "",
         "| row | real frames | synthetic | p_real | SEG | AP50 | bPQ | train min | epochs |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",

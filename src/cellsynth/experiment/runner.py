@@ -162,7 +162,17 @@ class Experiment:
         return scorer
 
     def finished(self, row: Row, epochs: int) -> dict[str, Any] | None:
-        return _finished_at(self.row_path(row), self.model_path(row), self.row_key(row, epochs))
+        return self._finished_at(
+            self.row_path(row), self.model_path(row), self.row_key(row, epochs)
+        )
+
+    def _finished_at(self, record: Path, model: Path, key: str) -> dict[str, Any] | None:
+        """The record at ``record`` if it has ``key``, its ``model`` is there and it was scored
+        as the config's ``evaluation`` says (else :meth:`rescore` scores it again)."""
+        rec = _finished_at(record, model, key)
+        if rec is None or (rec.get("evaluation") or {}) != self.config.evaluation:
+            return None
+        return rec
 
     def _synthetic_size(self) -> list[int]:
         size = self.config.synthetic.get("size")
@@ -215,6 +225,7 @@ class Experiment:
                 yield from self._ensure_bundle()
                 for rho in sorted(needs, key=lambda v: -1 if v is None else v):
                     yield from self._ensure_synthetic(rho)
+        yield from self.rescore()
         if prepare_only:
             self.write_results()
             yield ExperimentProgress("done", None, 1.0, "bundle and synthetic data ready")
@@ -414,9 +425,10 @@ class Experiment:
         if spec is None:
             return None
         base = next(r for r in self.config.rows if r.name == spec.row)
-        return config_hash(
-            {"spec": dataclasses.asdict(spec), "row": self.keys.row(base, spec.start_epochs)}
-        )
+        key = {"spec": dataclasses.asdict(spec), "row": self.keys.row(base, spec.start_epochs)}
+        if self.config.evaluation:  # only then: decisions of older configs keep their key
+            key["evaluation"] = self.config.evaluation
+        return config_hash(key)
 
     def convergence_decision(self) -> dict[str, Any] | None:
         """The ladder's decision (``convergence/decision.json``) if it is this config's."""
@@ -455,13 +467,14 @@ class Experiment:
             "epochs": epochs,
             "learning_rate": lr,
             "converged": walk.converged,
+            "peaked": walk.peaked,
             "tolerance": spec.tolerance,
             "sweep": [brief(r, v) for r, v in zip(walk.sweep, rates, strict=True)]
             if spec.learning_rates
             else [],
             "ladder": [brief(r, lr) for r in walk.ladder],
         }
-        if not walk.converged:
+        if not walk.converged and not walk.peaked:
             log.warning(
                 "row %r has not converged by max_epochs %d (SEG still moves by >= %g when the "
                 "budget doubles): every row trains at %d epochs",
@@ -472,7 +485,7 @@ class Experiment:
         write_json(self.convergence_path / "decision.json", nan_to_none(decision))
         yield ExperimentProgress(
             "convergence", base.name, 1.0,
-            f"{'converged' if walk.converged else 'NOT converged'} at {epochs} epochs"
+            f"{_ladder_state(walk)} at {epochs} epochs"
             + ("" if lr is None else f", learning rate {lr:g}"),
         )  # fmt: skip
 
@@ -505,8 +518,12 @@ class Experiment:
             if rec is None:
                 return _Ladder(missing=self._missing_doublings(base, walk.epochs, lr))
             walk.ladder.append(rec)
-            if abs((rec["SEG"] or 0.0) - (walk.ladder[-2]["SEG"] or 0.0)) < spec.tolerance:
+            change = (rec["SEG"] or 0.0) - (walk.ladder[-2]["SEG"] or 0.0)
+            if abs(change) < spec.tolerance:
                 walk.converged = True
+                break
+            if change < 0:  # doubling made it worse: past the peak, keep the lower budget
+                walk.peaked = True
                 break
             walk.epochs *= 2
         return walk
@@ -534,7 +551,7 @@ class Experiment:
         ladder, or as the row itself."""
         model, record = self._rung_paths(row, epochs, lr)
         key = self.keys.row(row, epochs, lr)
-        return _finished_at(record, model, key) or _finished_at(
+        return self._finished_at(record, model, key) or self._finished_at(
             self.row_path(row), self.model_path(row), key
         )
 
@@ -557,7 +574,7 @@ class Experiment:
         """``row``'s model and record become the ladder's ``rec`` (copies; a model of another
         key in the way is set aside, never deleted)."""
         key = self.row_key(row, rec["epochs"])
-        if _finished_at(self.row_path(row), self.model_path(row), key) is not None:
+        if self._finished_at(self.row_path(row), self.model_path(row), key) is not None:
             return
         from cellsynth.io import atomic_path
         from cellsynth.segment import finetune_outputs
@@ -627,7 +644,6 @@ class Experiment:
         """Train ``row`` for ``epochs`` into ``model``, score it on the test frames, write its
         ``record``; returns the record."""
         from cellsynth.segment import (
-            evaluate_model,
             finetune,
             finetune_outputs,
             load_model,
@@ -652,22 +668,13 @@ class Experiment:
                 stage, label, p.fraction, f"epoch {p.epoch}/{epochs} loss {p.loss:.4f}"
             )
         train_s = time.perf_counter() - t0
-        t1 = time.perf_counter()
-        ev = evaluate_model(load_model(out, self.device, backend=backend), self.test_pairs)
-        eval_s = time.perf_counter() - t1
-        s = ev.summary()
+        scores = self._scores(load_model(out, self.device, backend=backend))
         log_json = read_log(out)  # what the backend records; Cellpose 3's fills every field
         rec = {
             "row": asdict(row),
             "key": self.keys.row(row, epochs, learning_rate),
             "backend": backend,
-            "SEG": s["SEG"],
-            "AP50": s["AP50"],
-            "bPQ": s["bPQ"],
-            "n_reference": s["n_reference"],
-            "n_predicted": s["n_predicted"],
-            "frames": ev.rows(),
-            "cell_jaccards": {f.name: list(f.jaccards) for f in ev.frames},
+            **scores,
             "epochs": epochs,
             "learning_rate": log_json.get("learning_rate", settings.learning_rate),
             "nimg_per_epoch": log_json.get("nimg_per_epoch", settings.nimg_per_epoch),
@@ -677,7 +684,6 @@ class Experiment:
             "p_real_effective": log_json.get("p_real_effective"),
             "final_loss": (log_json.get("epoch_losses") or [None])[-1],
             "train_seconds": round(train_s, 1),
-            "eval_seconds": round(eval_s, 1),
             "model": str(out),
             "command": self.command,
             "machine": self.machine,
@@ -685,14 +691,66 @@ class Experiment:
         }
         write_json(record, nan_to_none(rec))
         yield ExperimentProgress(
-            "evaluation", label, 1.0, f"SEG {s['SEG']:.3f} AP50 {s['AP50']:.3f}"
+            "evaluation", label, 1.0, f"SEG {rec['SEG']:.3f} AP50 {rec['AP50']:.3f}"
         )
         return rec
+
+    def _scores(self, model: Any) -> dict[str, Any]:
+        """``model`` scored on the test frames as the config's ``evaluation`` says: the
+        record's score fields."""
+        from cellsynth.segment import evaluate_model
+
+        t0 = time.perf_counter()
+        ev = evaluate_model(model, self.test_pairs, self.config.stitch_threshold)
+        s = ev.summary()
+        return {
+            "SEG": s["SEG"],
+            "AP50": s["AP50"],
+            "bPQ": s["bPQ"],
+            "n_reference": s["n_reference"],
+            "n_predicted": s["n_predicted"],
+            "frames": ev.rows(),
+            "cell_jaccards": {f.name: list(f.jaccards) for f in ev.frames},
+            "evaluation": self.config.evaluation,
+            "eval_seconds": round(time.perf_counter() - t0, 1),
+        }
+
+    def rescore(self) -> Iterator[ExperimentProgress]:
+        """Score again, without training, the finished models (rows and ladder rungs) whose
+        records were scored otherwise than the config's ``evaluation`` now says (e.g. a
+        ``stitch_threshold`` added); each record keeps its former scores under
+        ``previous_scores``."""
+        from cellsynth.segment import load_model
+
+        pairs = [(self.row_path(r), self.model_path(r)) for r in self.config.rows]
+        if self.convergence_path.is_dir():
+            pairs += [
+                (j, self.convergence_path / "models" / j.stem)
+                for j in sorted(self.convergence_path.glob("*@*.json"))
+            ]
+        stale = []
+        for record, model in pairs:
+            if record.is_file() and model.is_file():
+                rec = json.loads(record.read_text())
+                if (rec.get("evaluation") or {}) != self.config.evaluation:
+                    stale.append((record, model, rec))
+        for i, (record, model, rec) in enumerate(stale):
+            yield ExperimentProgress(
+                "evaluation", record.stem, i / len(stale), "scored again: the evaluation changed"
+            )
+            keep = ("SEG", "AP50", "bPQ", "n_predicted", "evaluation")
+            before = {k: rec.get(k) for k in keep}
+            scores = self._scores(load_model(model, self.device, backend=self.config.backend))
+            rec = rec | scores | {"previous_scores": [*rec.get("previous_scores", []), before]}
+            write_json(record, nan_to_none(rec))
+            log.info(
+                "%s: SEG %s -> %.3f (%s)", record, before["SEG"], rec["SEG"], scores["evaluation"]
+            )
 
     def _add_cell_jaccards(self, row: Row, rec: dict[str, Any]) -> None:
         from cellsynth.segment import evaluate_model
 
-        ev = evaluate_model(self._load_model(row), self.test_pairs)
+        ev = evaluate_model(self._load_model(row), self.test_pairs, self.config.stitch_threshold)
         if abs(ev.summary()["SEG"] - rec["SEG"]) > 1e-6:
             log.warning("row %r: re-evaluated SEG differs from the recorded one", row.name)
         rec["cell_jaccards"] = {f.name: list(f.jaccards) for f in ev.frames}
@@ -706,7 +764,10 @@ class Experiment:
             path = self.row_path(row)
             if path.is_file():
                 rec = json.loads(path.read_text())
-                if rec.get("key") == self.row_key(row, int(rec.get("epochs", 0))):
+                if (
+                    rec.get("key") == self.row_key(row, int(rec.get("epochs", 0)))
+                    and (rec.get("evaluation") or {}) == self.config.evaluation
+                ):
                     rows[row.name] = rec
         extra: dict[str, Any] = {}
         done = self.out / "bundle.done.json"
@@ -743,7 +804,14 @@ class _Ladder:
     learning_rate: float | None = None
     ladder: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     epochs: int = 0
-    converged: bool = False
+    converged: bool = False  # doubling moved SEG by less than the tolerance
+    peaked: bool = False  # doubling lowered SEG by more than the tolerance (overtrained)
+
+
+def _ladder_state(walk: _Ladder) -> str:
+    if walk.converged:
+        return "converged"
+    return "past its peak (doubling lowered SEG)" if walk.peaked else "NOT converged"
 
 
 def _finished_at(record: Path, model: Path, key: str) -> dict[str, Any] | None:

@@ -94,6 +94,19 @@ class Segmenter(ABC):
     ) -> np.ndarray:
         """Instance labels of a 2D image (Y, X) or, with ``do_3D``, a stack (Z, Y, X)."""
 
+    def segment_stitched(
+        self, stack: np.ndarray, *, threshold: float, diameter: float | None = None
+    ) -> np.ndarray:
+        """Instance labels of a stack (Z, Y, X) segmented slice by slice in 2D, each slice's
+        nuclei joined to the previous slice's where they overlap by IoU >= ``threshold``
+        (Cellpose's ``stitch3D``). For stacks of few, coarse slices, where a model trained on
+        the annotated XY slices fragments nuclei in the YZ and XZ views of a 3D mode.
+        """
+        from cellpose.utils import stitch3D
+
+        slices = np.stack([np.asarray(self.segment(z, diameter=diameter), np.int32) for z in stack])
+        return stitch3D(slices, stitch_threshold=threshold)
+
     @classmethod
     @abstractmethod
     def finetune(

@@ -180,6 +180,19 @@ class Cellpose3Segmenter(Segmenter):
             kwargs.update(do_3D=True, z_axis=0, anisotropy=anisotropy)
         return np.asarray(self.model.eval(image.astype(np.float32), **kwargs)[0])
 
+    def segment_stitched(
+        self, stack: np.ndarray, *, threshold: float, diameter: float | None = None
+    ) -> np.ndarray:
+        """Cellpose's own stitching (``stitch_threshold``): the slices in one batch."""
+        out = self.model.eval(
+            stack.astype(np.float32),
+            channels=CHANNELS,
+            diameter=diameter,
+            z_axis=0,
+            stitch_threshold=threshold,
+        )[0]
+        return np.asarray(out)
+
     def save(self, path: str | Path) -> Path:
         """The Cellpose model file and its ``.safetensors`` copy (both new, written atomically)."""
         from safetensors.torch import save_file
