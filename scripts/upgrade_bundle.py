@@ -14,9 +14,10 @@
   and 0.5);
 * ``cells.mask_smooth``: the smoothing of the sampled masks' outlines, fitted so that their
   solidity matches the training cells' (``masks.fit_smoothing``; before: 1.25 model pixels);
-* ``optical_blur``: the Gaussian blur synthesis puts on the painted image, fitted so that the
-  synthetic cells' boundary gradient matches the training cells' (``Synthesizer.fit_blur``;
-  before: none);
+* ``optical_blur``: the Gaussian blur synthesis puts on the painted image (``sigma``) and the
+  softening of the cells' boundaries (``edge_sigma``), fitted so that the synthetic cells'
+  boundary gradients and inner grain are distributed like the training cells'
+  (``Synthesizer.fit_blur``; before: none);
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
   elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
   (docs/synthesis.md, "Cell shapes").

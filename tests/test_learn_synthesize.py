@@ -147,19 +147,22 @@ def test_learn_fits_the_optical_blur_and_synthesis_puts_it_on(tiny_bundle, train
     from scipy import ndimage
 
     from cellsynth.metrics import texture_table
-    from cellsynth.synthesize import BLUR_SIGMAS
+    from cellsynth.synthesize import BLUR_SIGMAS, EDGE_BLUR_SIGMAS
 
     b = GeneratorBundle.load(tiny_bundle)
     fit = b.meta["optical_blur"]
-    assert fit["sigma"] in BLUR_SIGMAS and set(fit["edge_gradient_ratio"]) == {
-        f"{s:g}" for s in BLUR_SIGMAS
+    assert fit["sigma"] in BLUR_SIGMAS and fit["edge_sigma"] in EDGE_BLUR_SIGMAS
+    # the optical blurs without softening, then the softenings with the chosen blur
+    assert set(fit["edge_gradient_w1"]) == {f"{s:g}/0" for s in BLUR_SIGMAS} | {
+        f"{fit['sigma']:g}/{e:g}" for e in EDGE_BLUR_SIGMAS
     }
     pairs = read_dataset(train_folder).pairs
     images, labels = [p.image for p in pairs], [p.labels for p in pairs]
     synth = Synthesizer(b, "cpu")
     sharp = synth.fit_blur(images, labels)
     soft = synth.fit_blur([ndimage.gaussian_filter(i, 2.0) for i in images], labels)
-    assert soft["sigma"] > sharp["sigma"]
+    # more blur, optical or at the edges (a blurred disc also spreads the intensity inside)
+    assert soft["sigma"] + soft["edge_sigma"] > sharp["sigma"] + sharp["edge_sigma"]
     assert soft["edge_gradient_real"] < sharp["edge_gradient_real"]
     params = SynthesisParams(size=(96, 96), cells=8, steps=2, seed=3)
     b.meta["optical_blur"] = {"sigma": 1.5}
@@ -178,6 +181,50 @@ def test_learn_fits_the_optical_blur_and_synthesis_puts_it_on(tiny_bundle, train
     b.save(tmp_path / "bad")
     with pytest.raises(CellsynthInputError, match=r"optical_blur\.sigma"):
         GeneratorBundle.load(tmp_path / "bad")
+
+
+def test_edge_blur_softens_the_boundaries_only_and_is_fitted_to_soft_edged_cells(
+    tiny_bundle, train_folder
+):
+    """The edge softening changes the image near the cells' boundaries, not far from them;
+    synthesis applies the bundle's (or the parameter's) and records it; training cells with
+    soft edges (the same images softened at their boundaries) are fitted a softer edge."""
+    from cellsynth.metrics import texture_table
+    from cellsynth.synthesize import edge_blur
+
+    pairs = read_dataset(train_folder).pairs
+    images, labels = [p.image for p in pairs], [p.labels for p in pairs]
+    img, lab = images[0], labels[0]
+    soft = edge_blur(img, lab, 1.0)
+    assert soft.dtype == img.dtype and edge_blur(img, lab, 0.0) is img
+    from scipy import ndimage
+    from skimage.segmentation import find_boundaries
+
+    far = ndimage.distance_transform_edt(~find_boundaries(lab, mode="thick")) > 6
+    assert np.array_equal(soft[far], img[far]) and not np.array_equal(soft, img)
+
+    def gradient(image, labels):
+        return np.nanmedian(texture_table(image, labels)["edge_gradient"])
+
+    assert gradient(soft, lab) < gradient(img, lab)
+    b = GeneratorBundle.load(tiny_bundle)
+    b.meta["optical_blur"] = {"sigma": 0.0, "edge_sigma": 1.0}
+    params = SynthesisParams(size=(96, 96), cells=8, steps=2, seed=3)
+    softened = Synthesizer(b, "cpu").sample(params)
+    sharp = Synthesizer(b, "cpu").sample(SynthesisParams(**{**vars(params), "edge_blur": 0.0}))
+    assert softened.params["edge_blur"] == 1.0 and sharp.params["edge_blur"] == 0.0
+    assert np.array_equal(softened.labels, sharp.labels)
+    assert gradient(softened.image, softened.labels) < gradient(sharp.image, sharp.labels)
+    synth = Synthesizer(b, "cpu")
+    kw = {"sigmas": (0.0,), "edge_sigmas": (0.0, 0.5, 1.0, 2.0), "frames": 2}
+    as_is = synth.fit_blur(images, labels, **kw)
+    softer = synth.fit_blur(
+        [edge_blur(i, m, 2.0) for i, m in zip(images, labels, strict=True)], labels, **kw
+    )
+    assert softer["edge_sigma"] > as_is["edge_sigma"]
+    assert softer["edge_gradient_real"] < as_is["edge_gradient_real"]
+    with pytest.raises(CellsynthInputError, match="edge-blur"):
+        synth.sample(SynthesisParams(**{**vars(params), "edge_blur": 11.0}))
 
 
 def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle, tmp_path, capsys):

@@ -510,6 +510,7 @@ def validate_meta(meta: dict[str, Any], where: Path) -> None:
         if not isinstance(blur, dict):
             raise _bad(where, "optical_blur", "null or an object with a 'sigma'", blur)
         _float(meta, "optical_blur.sigma", where, lo=0.0, hi=MAX_BLUR)
+        _float(meta, "optical_blur.edge_sigma", where, lo=0.0, hi=MAX_BLUR, optional=True)
     if "shape_prior" in meta and not isinstance(meta["shape_prior"], dict):
         raise _bad(where, "shape_prior", "an object", meta["shape_prior"])
 

@@ -346,6 +346,7 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         brightness=args.brightness,
         exemplar_strength=getattr(args, "exemplar_strength", None),
         blur=getattr(args, "blur", None),
+        edge_blur=getattr(args, "edge_blur", None),
         rho=getattr(args, "rho", None),
         voxel_size=tuple(args.voxel_size) if getattr(args, "voxel_size", None) else None,
     )
@@ -936,6 +937,14 @@ def _synthesize_parser(sub: Any) -> None:
             help="2D: Gaussian sigma (px) of the optical blur put on the painted image before "
             "the camera noise (default: the bundle's, fitted to its training cells' boundary "
             "gradient; 0 for bundles that do not record it)",
+        )
+        p.add_argument(
+            "--edge-blur",
+            type=float,
+            default=None,
+            help="2D: Gaussian sigma (px) of the softening of the cells' boundaries only, "
+            "before the optical blur (default: the bundle's, fitted with the blur; 0 for "
+            "bundles that do not record it)",
         )
         p.add_argument(
             "--size-factor",

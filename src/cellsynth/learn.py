@@ -431,7 +431,7 @@ def _learn(
         save()  # no step fitted in the budget: still leave a (untrained) bundle behind
     saved = bundle.texture_unet is not None  # not when a resumed run had no time for a step
     if accelerator.is_main_process and atlas.ndim == 2 and last.total_steps > 0 and saved:
-        log.info("fitting the optical blur to the training cells' boundaries")
+        log.info("fitting the optical blur and edge softening to the training cells")
         fit = Synthesizer(bundle, device=device).fit_blur(slice_images, slice_labels)
         bundle.meta["optical_blur"] = fit
         bundle.save_meta()

@@ -149,6 +149,14 @@ class SynthesizeWidget(Container):
             "noise; -1 uses the bundle's, fitted to its training cells' boundaries (0 for older "
             "bundles)",
         )
+        self.edge_blur = _bundles_or(
+            "edge blur px (-1 = bundle's)",
+            10.0,
+            0.1,
+            tooltip="2D: Gaussian sigma of the softening of the cells' boundaries only (the "
+            "grain inside them kept); -1 uses the bundle's, fitted with the blur (0 for older "
+            "bundles)",
+        )
         self.steps = SpinBox(
             label="texture steps (0 = bundle's)", value=defaults.steps or 0, min=0, max=200
         )
@@ -196,6 +204,7 @@ class SynthesizeWidget(Container):
                 self.cells,
                 self.cluster,
                 self.blur,
+                self.edge_blur,
                 self.steps,
                 self.brightness,
                 self.exemplar,
@@ -227,7 +236,7 @@ class SynthesizeWidget(Container):
     def _on_dims(self, value: str) -> None:
         three = value == "3D"
         self.canvas_z.visible = self.rho.visible = three
-        self.exemplar.visible = not three
+        self.exemplar.visible = self.blur.visible = self.edge_blur.visible = not three
         if three and self.canvas_h.value > 512:  # 3D canvases cost Z times a 2D one
             self.canvas_h.value = self.canvas_w.value = 256
 
@@ -240,6 +249,7 @@ class SynthesizeWidget(Container):
             cells=int(self.cells.value) or None,
             cluster_prob=float(self.cluster.value) if self.cluster.value >= 0 else None,
             blur=float(self.blur.value) if self.blur.value >= 0 else None,
+            edge_blur=float(self.edge_blur.value) if self.edge_blur.value >= 0 else None,
             steps=int(self.steps.value) or None,
             seed=int(self.seed.value),
             brightness=str(self.brightness.value),

@@ -58,7 +58,15 @@ SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
     "synthetic": (
         (
             SynthesisParams,
-            ("seed", "steps", "cluster_prob", "brightness", "exemplar_strength", "blur"),
+            (
+                "seed",
+                "steps",
+                "cluster_prob",
+                "brightness",
+                "exemplar_strength",
+                "blur",
+                "edge_blur",
+            ),
         ),
     ),
     "training": (
@@ -284,6 +292,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
         "n": (_INT, 0, None), "seed": (_INT, None, None), "steps": (_INT, 1, 1000),
         "cluster_prob": (_NUM, 0, 1), "brightness": (_STR, None, None),
         "exemplar_strength": (_NUM, 0.01, 1), "blur": (_NUM, 0, 10),
+        "edge_blur": (_NUM, 0, 10),
     },
     "training": {
         "epochs": (_INT, 1, None), "nimg_per_epoch": (_INT, 1, None), "seed": (_INT, None, None),
