@@ -119,3 +119,7 @@ def test_cli_segment_and_evaluate_stitch_stacks(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["SEG"] == 1.0
     assert main([*argv[:-1], "2"]) == 2
     assert "IoU in (0, 1]" in capsys.readouterr().err
+    # score (curation's quality score) stitches too, and says so in dataset.json
+    assert main(["score", str(data), "--model", str(model), "--stitch-threshold", "0.25"]) == 0
+    quality = json.loads((data / "dataset.json").read_text())["samples"]["s0"]["quality"]
+    assert quality["SEG"] == 1.0 and quality["stitch_threshold"] == 0.25

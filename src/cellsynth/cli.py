@@ -561,8 +561,9 @@ def _segment_into(
 def cmd_score(args: argparse.Namespace) -> int:
     from cellsynth.io import DatasetWriter, read_dataset
     from cellsynth.outputs import dataset_origin, is_synthetic_origin
-    from cellsynth.segment import load_model, record_quality, scoring
+    from cellsynth.segment import check_stitch_threshold, load_model, record_quality, scoring
 
+    check_stitch_threshold(args.stitch_threshold)
     origin = dataset_origin(args.dataset) if args.dataset.is_dir() else None
     if origin is not None and not is_synthetic_origin(origin):  # scores go into dataset.json
         raise CellsynthInputError(
@@ -576,14 +577,15 @@ def cmd_score(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.device, args.backend)
     rows: list[dict[str, Any]] = []
     run_job(
-        scoring(model, ds.pairs),
+        scoring(model, ds.pairs, args.stitch_threshold),
         total=len(ds.pairs),
         desc="scoring",
         unit="image",
         update=_collect(rows),
         kept="no scores were written",
     )
-    record_quality(DatasetWriter(args.dataset), rows, args.model)
+    extra = {} if args.stitch_threshold is None else {"stitch_threshold": args.stitch_threshold}
+    record_quality(DatasetWriter(args.dataset), rows, args.model, **extra)
     rows.sort(key=lambda r: r["SEG"] if r["SEG"] == r["SEG"] else -1)
     print_table(rows, ["name", "SEG", "IoU", "n_labels", "n_predicted"])
     segs = [r["SEG"] for r in rows if r["SEG"] == r["SEG"]]
@@ -1131,6 +1133,7 @@ def _score_parser(sub: Any) -> None:
     p.add_argument("dataset", type=Path, help="dataset folder")
     p.add_argument("--model", type=Path, required=True, help="Cellpose model file")
     p.add_argument("--device", default="auto")
+    _stitch_arg(p)
     _backend_arg(p, for_model=True)
     p.set_defaults(func=cmd_score)
 

@@ -216,12 +216,21 @@ def check_finetune_output(out: str | Path, backend: str | None = None) -> Path:
 # --------------------------------------------------------------------------- scoring
 
 
-def scoring(model: Any, pairs: Sequence[Pair]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+def scoring(
+    model: Any, pairs: Sequence[Pair], stitch_threshold: float | None = None
+) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """:func:`score_dataset` one image at a time: yields (images done, images, the image's row)."""
     from cellsynth.metrics import seg_jaccards
 
     for i, p in enumerate(pairs, 1):
-        pred = segment(model, p.image, path=p.image_path or p.name)
+        image = p.image
+        pred = segment(
+            model,
+            image,
+            anisotropy=anisotropy_of(p.voxel_size, image.ndim),
+            path=p.image_path or p.name,
+            stitch_threshold=stitch_threshold,
+        )
         j = seg_jaccards(p.labels, pred)
         fg_i = np.logical_and(p.labels > 0, pred > 0).sum()
         fg_u = np.logical_or(p.labels > 0, pred > 0).sum()
@@ -235,9 +244,12 @@ def scoring(model: Any, pairs: Sequence[Pair]) -> Iterator[tuple[int, int, dict[
         yield i, len(pairs), row
 
 
-def score_dataset(model: Any, pairs: Sequence[Pair]) -> list[dict[str, Any]]:
-    """Segment each synthetic image and score agreement with its own labels (SEG and IoU)."""
-    return [row for _, _, row in scoring(model, pairs)]
+def score_dataset(
+    model: Any, pairs: Sequence[Pair], stitch_threshold: float | None = None
+) -> list[dict[str, Any]]:
+    """Segment each synthetic image and score agreement with its own labels (SEG and IoU;
+    stacks in 3D with their anisotropy, or stitched from 2D slices with ``stitch_threshold``)."""
+    return [row for _, _, row in scoring(model, pairs, stitch_threshold)]
 
 
 def record_quality(

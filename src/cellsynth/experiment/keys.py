@@ -71,7 +71,13 @@ class RowKeys:
                 "test": cfg.test,
                 "row": asdict(row) | {"note": None},
                 "synthetic": self.synthetic(row.rho) if row.synthetic else None,
-                "curation": cfg.curation if row.curated else None,
+                # curated rows train on the pairs the scorer rates best, rated as the test
+                # frames are scored (the evaluation only when set: older keys kept)
+                "curation": (
+                    cfg.curation | ({"evaluation": cfg.evaluation} if cfg.evaluation else {})
+                )
+                if row.curated
+                else None,
                 "scorer": (
                     self.row(scorer, epochs, learning_rate) if row.curated and scorer else None
                 ),

@@ -385,6 +385,8 @@ class Experiment:
 
         scorer = self._scorer()
         scorer_key = self.row_key(scorer, self.epochs)
+        if self.config.evaluation:  # scored as the test frames are; keys of older runs kept
+            scorer_key += "/" + config_hash(self.config.evaluation)
         writer = DatasetWriter(path)
         samples = writer.meta["samples"]
         todo = [
@@ -394,9 +396,8 @@ class Experiment:
         ]
         if todo:
             model = self._load_model(scorer)
-            record_quality(
-                writer, score_dataset(model, todo), self.model_path(scorer), scorer_key=scorer_key
-            )
+            scores = score_dataset(model, todo, self.config.stitch_threshold)
+            record_quality(writer, scores, self.model_path(scorer), scorer_key=scorer_key)
         out = {}
         for p in pairs:
             v = samples[p.name]["quality"]["SEG"]
