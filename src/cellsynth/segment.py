@@ -149,6 +149,19 @@ def anisotropy_of(voxel_size: Sequence[float] | None, ndim: int) -> float | None
     return float(voxel_size[0]) / float(voxel_size[1])
 
 
+def segment_pair(model: Any, pair: Pair, stitch_threshold: float | None = None) -> np.ndarray:
+    """:func:`segment` a pair's image: a stack in 3D with its voxel anisotropy, or stitched
+    from 2D slices with ``stitch_threshold``; errors name its file."""
+    image = pair.image
+    return segment(
+        model,
+        image,
+        anisotropy=anisotropy_of(pair.voxel_size, image.ndim),
+        path=pair.image_path or pair.name,
+        stitch_threshold=stitch_threshold,
+    )
+
+
 def evaluating(
     model: Any, pairs: Sequence[Pair], stitch_threshold: float | None = None
 ) -> Iterator[tuple[int, int, Evaluation]]:
@@ -158,14 +171,7 @@ def evaluating(
 
     ev = Evaluation()
     for i, p in enumerate(pairs, 1):
-        image = p.image
-        pred = segment(
-            model,
-            image,
-            anisotropy=anisotropy_of(p.voxel_size, image.ndim),
-            path=p.image_path or p.name,
-            stitch_threshold=stitch_threshold,
-        )
+        pred = segment_pair(model, p, stitch_threshold)
         ev.frames.extend(compare_frames(p.name, p.labels, pred, p.annotated_slices))
         yield i, len(pairs), ev
 
@@ -223,14 +229,7 @@ def scoring(
     from cellsynth.metrics import seg_jaccards
 
     for i, p in enumerate(pairs, 1):
-        image = p.image
-        pred = segment(
-            model,
-            image,
-            anisotropy=anisotropy_of(p.voxel_size, image.ndim),
-            path=p.image_path or p.name,
-            stitch_threshold=stitch_threshold,
-        )
+        pred = segment_pair(model, p, stitch_threshold)
         j = seg_jaccards(p.labels, pred)
         fg_i = np.logical_and(p.labels > 0, pred > 0).sum()
         fg_u = np.logical_or(p.labels > 0, pred > 0).sum()
