@@ -474,6 +474,22 @@ def test_the_bundle_can_learn_from_fewer_frames_than_the_rows_train_on(tmp_path)
     assert f"Bundle: learnt on {f[0]} (" in md
 
 
+def test_rows_are_compared_with_the_first_real_only_row_when_none_is_called_real():
+    """A second-seed config names its rows 'real seed 1' …: the paired differences are still
+    shown, against that row."""
+    c = tiny_config(rows=[{"name": "real seed 1"}, {"name": "both seed 1", "synthetic": 2}])
+    cfg = config_from_dict(c).to_dict()
+
+    def rec(cells):
+        return {"SEG": sum(cells) / len(cells), "AP50": 1.0, "bPQ": 0.5, "train_seconds": 60,
+                "epochs": 1, "cell_jaccards": {"t": cells}}  # fmt: skip
+
+    rows = {"real seed 1": rec([0.5, 0.6, 0.7]), "both seed 1": rec([0.6, 0.7, 0.8])}
+    md = results_markdown({"config": cfg, "rows": rows})
+    assert "SEG difference to the 'real seed 1' row" in md
+    assert "| both seed 1 | +0.100 |" in md
+
+
 def test_a_3d_experiment_trains_on_slices_and_scores_stacks(tmp_path):
     import tifffile
 

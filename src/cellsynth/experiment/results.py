@@ -134,6 +134,14 @@ def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
     ]
 
 
+def _baseline_name(rows: list[dict[str, Any]]) -> str:
+    """The row the others are compared with: 'real', else the first of real frames only."""
+    names = [r["name"] for r in rows]
+    if "real" in names:
+        return "real"
+    return next((r["name"] for r in rows if r["real"] and not r["synthetic"]), "real")
+
+
 def results_markdown(res: dict[str, Any]) -> str:
     cfg = res["config"]
     training = section_defaults("training") | {
@@ -170,8 +178,8 @@ def results_markdown(res: dict[str, Any]) -> str:
             f"{rec['epochs']} |"
         )
     conv = res.get("convergence")
-    base = res["rows"].get(conv["row"] if conv else "real")
-    base_name = conv["row"] if conv else "real"
+    base_name = conv["row"] if conv else _baseline_name(cfg["rows"])
+    base = res["rows"].get(base_name)
     diffs = []
     for name, rec in res["rows"].items():
         if base is not None and name != base_name:
