@@ -86,6 +86,14 @@ BLUR_SIGMAS = (0.0, 0.4, 0.5, 0.6, 0.7, 0.8, 1.0, 1.25, 1.5, 2.0)
 EDGE_BLUR_SIGMAS = (0.0, 0.4, 0.5, 0.6, 0.75, 1.0)
 
 
+def _in_dtype_of(image: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out`` (float) in ``image``'s dtype: integers rounded and clipped to its range."""
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(image.dtype)
+
+
 def optical_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     """``image`` seen through a Gaussian point-spread function of ``sigma`` px (2D), in its
     own dtype (integers rounded and clipped); sigma 0 gives it back."""
@@ -94,10 +102,7 @@ def optical_blur(image: np.ndarray, sigma: float) -> np.ndarray:
     if not sigma > 0:
         return image
     out = ndimage.gaussian_filter(np.asarray(image, np.float64), sigma)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(image.dtype)
+    return _in_dtype_of(image, out)
 
 
 def edge_blur(image: np.ndarray, labels: np.ndarray, sigma: float) -> np.ndarray:
@@ -118,10 +123,7 @@ def edge_blur(image: np.ndarray, labels: np.ndarray, sigma: float) -> np.ndarray
     weight = np.exp(-0.5 * (ndimage.distance_transform_edt(~edge) / sigma) ** 2)
     blurred = ndimage.gaussian_filter(np.asarray(image, np.float64), sigma)
     out = image + weight * (blurred - image)
-    if np.issubdtype(image.dtype, np.integer):
-        info = np.iinfo(image.dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(image.dtype)
+    return _in_dtype_of(image, out)
 
 
 @dataclass
