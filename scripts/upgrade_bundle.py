@@ -18,6 +18,12 @@
   softening of the cells' boundaries (``edge_sigma``), fitted so that the synthetic cells'
   boundary gradients and inner grain are distributed like the training cells'
   (``Synthesizer.fit_blur``; before: none);
+* ``exemplars.safetensors``: the training cells the texture starts from (exemplar-guided
+  texture, ``cellsynth.exemplars``), for a bundle that has none (2D bundles from before
+  December 2026, 3D bundles from before December 3, 2026); for a 3D bundle the slice
+  correlation ``texture3d.rho`` is then calibrated again, painting as synthesis now paints;
+* ``shape_prior.z_equators`` (3D): the heights at which the training cells are widest, where
+  synthesis places its cells' equators (before: anywhere in the stack);
 * the mask model samples with UniPC in 12 steps (``mask_config.sampler``), which gives cells as
   elongated as 50 DDIM steps; 8 DDIM steps made them rounder than the training cells
   (docs/synthesis.md, "Cell shapes").
@@ -34,13 +40,35 @@ import shutil
 import sys
 from pathlib import Path
 
+from cellsynth import exemplars
 from cellsynth.atlas import build_atlas
 from cellsynth.bundle import GeneratorBundle
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import labelled_slices, read_pairs, write_json
-from cellsynth.learn import layout_record, training_solidity
+from cellsynth.learn import exemplar_sources, layout_record, training_solidity
 from cellsynth.masks import fit_bundle_smoothing, mask_config
 from cellsynth.synthesize import Synthesizer
+
+
+def recalibrated_rho(folder: Path, pairs: list, meta: dict) -> dict:
+    """The slice correlation rho of a 3D bundle calibrated as ``learn --3d`` does."""
+    import numpy as np
+
+    from cellsynth.learn3d import _calibration_stack, calibrate_rho
+    from cellsynth.metrics import slice_correlation
+    from cellsynth.settings import Learn3DSettings
+
+    recorded = meta.get("settings_3d") or {}
+    grid = tuple(recorded.get("rho_grid") or Learn3DSettings.rho_grid)
+    side = int(recorded.get("calibration_side") or Learn3DSettings.calibration_side)
+    dense = [p for p in pairs if not p.annotated_slices]
+    corrs = [c for c in (slice_correlation(p.image, p.labels) for p in dense) if np.isfinite(c)]
+    if not corrs:
+        return meta.get("texture3d") or {}
+    bundle = GeneratorBundle.load(folder, device="cpu")
+    seed = int(meta.get("settings", {}).get("seed", 0))
+    stack = _calibration_stack(pairs, side)
+    return calibrate_rho(bundle, stack, float(np.mean(corrs)), grid, seed)
 
 
 def main() -> int:
@@ -67,6 +95,11 @@ def main() -> int:
     meta["mask_config"]["sampler"] = new.sampler
     meta["mask_config"]["sampling_steps"] = new.sampling_steps
     meta["derived_from"] = str(args.bundle)
+    if atlas.ndim == 3 and "z_equators" not in meta.get("shape_prior", {}):
+        from cellsynth.learn3d import z_equators
+
+        eq = z_equators(pairs, meta["voxel_size"])
+        meta.setdefault("shape_prior", {})["z_equators"] = record["z_equators"] = eq
     write_json(args.output / "bundle.json", meta)
     if atlas.ndim == 2:  # with the new sampler settings in place; the blur with the smoothing
         bundle = GeneratorBundle.load(args.output)
@@ -77,6 +110,15 @@ def main() -> int:
         fit = Synthesizer(bundle, device="cpu").fit_blur(images, slices)
         meta["optical_blur"] = record["optical_blur"] = fit
         write_json(args.output / "bundle.json", meta)
+    if not (args.output / exemplars.FILE).exists():
+        cells = exemplars.collect(*exemplar_sources(pairs))
+        exemplars.save(cells, args.output / exemplars.FILE)
+        meta["exemplar_strength"] = exemplars.DEFAULT_STRENGTH
+        record["exemplars"] = len(cells)
+        write_json(args.output / "bundle.json", meta)
+        if atlas.ndim == 3:
+            record["texture3d"] = meta["texture3d"] = recalibrated_rho(args.output, pairs, meta)
+            write_json(args.output / "bundle.json", meta)
     print(json.dumps({"bundle": str(args.output), **record}))
     return 0
 

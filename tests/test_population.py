@@ -93,6 +93,28 @@ def test_cells_taller_than_a_thin_stack_are_still_placed():
         assert (pop.labels == i).any(axis=(1, 2)).sum() == 5
 
 
+def test_z_centres_put_the_cells_widest_slice_at_the_given_heights():
+    """Adherent cells sit on the coverslip: a stack's cells are widest near its first slices."""
+    z, y, x = np.mgrid[-4:5, -6:7, -6:7]
+    ball = (z / 4) ** 2 + (y / 6) ** 2 + (x / 6) ** 2 <= 1
+    free = place_cells([ball] * 10, (12, 96, 96), rng=np.random.default_rng(0))
+    low = place_cells(
+        [ball] * 10,
+        (12, 96, 96),
+        rng=np.random.default_rng(0),
+        z_centres=np.array([1.5]),
+        min_inside=0.25,
+    )
+
+    def widest(pop):
+        areas = [(pop.labels == i).sum(axis=(1, 2)) for i in range(1, pop.n_cells + 1)]
+        return np.array([int(np.argmax(a)) for a in areas])
+
+    assert low.n_cells == 10
+    assert widest(low).max() <= 2  # on the coverslip, half of each below the first slice
+    assert widest(free).max() > 4  # anywhere in the stack without them
+
+
 def _touching_fraction(labels) -> float:
     from cellsynth.metrics import layout_table
 

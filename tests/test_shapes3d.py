@@ -167,6 +167,19 @@ def synth():
     return Synthesizer(None, device="cpu")
 
 
+def test_a_stack_gets_the_training_images_camera_noise_on_every_slice(synth):
+    assert synth.bundle.meta.get("background")  # the built-in bundle records it
+    lab = disks(shape=(4, 64, 64), centres=((2, 20, 20), (2, 40, 44)), radius=8)
+    clean = np.where(lab > 0, 180, 20).astype(np.uint8)
+    params = SynthesisParams(size=(4, 64, 64), seed=0)
+    noisy = synth.background(clean, lab, params, None)
+    assert noisy.shape == clean.shape and noisy.dtype == clean.dtype
+    spread = [float(noisy[z][lab[z] == 0].std()) for z in range(4)]
+    assert min(spread) > 0.5 and max(spread) < 2 * min(spread)  # one noise level, all slices
+    model = synth.background(clean, lab, SynthesisParams(size=(4, 64, 64), brightness="model"))
+    np.testing.assert_array_equal(model, clean)
+
+
 def test_3d_stack_has_cells_spanning_several_slices_each_one_component(synth):
     pair = synth.sample(SynthesisParams(size=(16, 96, 96), cells=6, seed=0, steps=2))
     lab = pair.labels
@@ -305,11 +318,31 @@ def test_learn_3d_fits_z_ratio_refines_multiview_and_calibrates_rho(stacks, tmp_
     assert 0 < meta["texture3d"]["real_correlation"] < 1
     assert meta["cells"]["density_3d"] > 0
     assert (out / "multiview_model" / "multiview.json").exists()
+    # where the cells are widest: at their centres, slices 7 to 12 of 0.5 um
+    equators = np.asarray(meta["shape_prior"]["z_equators"])
+    assert len(equators) == meta["training_data"]["atlas"]["cells"]
+    assert equators.min() >= 7.5 * 0.5 and equators.max() <= 12.5 * 0.5
+    # the stacks' cells as 3D exemplars, each with its cross-sections in slice order; rho is
+    # calibrated painting from them, as synthesis paints
+    assert meta["texture3d"]["exemplar_strength"] == pytest.approx(0.3)
     synth = Synthesizer(out, device="cpu")
+    cells = {}
+    for e in synth.bundle.exemplars():
+        cells.setdefault(e.cell, []).append(e.z)
+    assert min(cells) >= 0 and all(
+        zs == list(range(len(zs))) and len(zs) > 5 for zs in cells.values()
+    )
     assert synth.multiview.path == out / "multiview_model"
-    pair = synth.sample(SynthesisParams(size=(12, 64, 64), seed=0, steps=1))
+    pair = synth.sample(SynthesisParams(size=(20, 64, 64), seed=0, steps=1))
     assert pair.params["voxel_size"] == [0.5, 1.0, 1.0]
     assert pair.params["rho"] == meta["texture3d"]["rho"]
+    assert pair.params["exemplar_strength"] == pytest.approx(0.3)
+    # the synthetic cells placed on their own are widest where the training cells are
+    t = pair.table
+    for i, clustered, touching in zip(t["label"], t["clustered"], t["touching"], strict=True):
+        if not (clustered or touching):
+            widest = int(np.argmax((pair.labels == i).sum(axis=(1, 2))))
+            assert 6 <= widest <= 13, (i, widest)
 
 
 def test_learn_3d_from_single_annotated_slices_keeps_the_default_prior(ctc_folder, tmp_path):

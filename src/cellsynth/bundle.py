@@ -184,6 +184,13 @@ class GeneratorBundle:
         return np.asarray(a, dtype=np.float64) if a else None
 
     @property
+    def z_equators(self) -> np.ndarray | None:
+        """Heights (physical units, from the first slice) at which the training cells of a 3D
+        bundle are widest (``learn --3d`` since December 2026), else None."""
+        v = (self.meta.get("shape_prior") or {}).get("z_equators")
+        return np.asarray(v, dtype=np.float64) if v else None
+
+    @property
     def cell_intensities(self) -> np.ndarray | None:
         """Mean raw intensity of each training cell (bundles from before 0.2 lack it)."""
         v = self.meta["cells"].get("mean_intensities")

@@ -22,7 +22,7 @@ offsets; nothing is unpickled. Pixels of 8-bit data are kept as they are, others
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,8 @@ class Exemplar:
     image: np.ndarray  # (h, w) float32
     mask: np.ndarray  # (h, w) bool
     background: float
+    cell: int = -1  # the 3D cell this cross-section belongs to (stacks); -1: a 2D cell
+    z: int = 0  # the cross-section's slice, counted from the cell's first
 
     @property
     def area(self) -> int:
@@ -64,35 +66,86 @@ def collect(
     min_area: int = 16,
     limit: int = MAX_EXEMPLARS,
 ) -> list[Exemplar]:
-    """The whole cells (not cut by the image border) of 2D training images, with their rims;
-    at most ``limit`` of them, an even random subset (seeded: the same data keep the same)."""
-    from scipy import ndimage
+    """The whole cells (not cut by the image border) of training images, with their rims; at
+    most ``limit`` of them, an even random subset (seeded: the same data keep the same).
 
+    A 2D image gives one exemplar per cell; a densely labelled 3D stack (Z, Y, X) one per
+    cross-section of each cell (``cell`` and ``z`` say which), so that a synthetic stack can
+    take a real cell's slices in order (:func:`compose`). A stack's cells are kept or left
+    out whole."""
     from cellsynth.texture import measure_brightness
 
-    out: list[Exemplar] = []
+    groups: list[list[Exemplar]] = []
     for img, lab in zip(images, labels, strict=True):
         img = np.asarray(img, np.float32)
         lab = np.asarray(lab)
-        if img.ndim != 2 or lab.shape != img.shape:
+        if img.ndim not in (2, 3) or lab.shape != img.shape:
             continue
-        background, _ = measure_brightness(img, lab)
-        for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-            if sl is None:
-                continue
-            (y0, y1), (x0, x1) = ((s.start, s.stop) for s in sl)
-            if y0 == 0 or x0 == 0 or y1 == lab.shape[0] or x1 == lab.shape[1]:
-                continue  # cut by the border: its shape is not a cell's
-            y0, x0 = max(0, y0 - PAD), max(0, x0 - PAD)
-            y1, x1 = min(lab.shape[0], y1 + PAD), min(lab.shape[1], x1 + PAD)
-            mask = lab[y0:y1, x0:x1] == i
-            if mask.sum() < min_area:
-                continue
-            out.append(Exemplar(img[y0:y1, x0:x1].copy(), mask, float(background)))
-    if len(out) > limit:
-        keep = np.sort(np.random.default_rng(0).choice(len(out), size=limit, replace=False))
-        out = [out[int(k)] for k in keep]
+        if img.ndim == 2:
+            background, _ = measure_brightness(img, lab)
+            groups += [[e] for e in _crops(img, lab, float(background), min_area)]
+        else:
+            background, _ = measure_brightness(img, lab)
+            groups += _cells_of_stack(img, lab, float(background), min_area, len(groups))
+    if all(len(g) == 1 for g in groups):
+        out = [g[0] for g in groups]
+        if len(out) > limit:
+            keep = np.sort(np.random.default_rng(0).choice(len(out), size=limit, replace=False))
+            out = [out[int(k)] for k in keep]
+        return out
+    kept, total = [], 0
+    for k in np.random.default_rng(0).permutation(len(groups)):  # whole cells, up to limit
+        if total + len(groups[k]) <= limit:
+            kept.append(int(k))
+            total += len(groups[k])
+    cells = [groups[k] for k in sorted(kept)]
+    return [replace(e, cell=e.cell if e.cell < 0 else n) for n, g in enumerate(cells) for e in g]
+
+
+def _crops(
+    img: np.ndarray, lab: np.ndarray, background: float, min_area: int, only: int | None = None
+) -> list[Exemplar]:
+    """The cells of a 2D image not cut by its border (or cell ``only``), each with its rim."""
+    from scipy import ndimage
+
+    out = []
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None or (only is not None and i != only):
+            continue
+        (y0, y1), (x0, x1) = ((s.start, s.stop) for s in sl)
+        if y0 == 0 or x0 == 0 or y1 == lab.shape[0] or x1 == lab.shape[1]:
+            continue  # cut by the border: its shape is not a cell's
+        y0, x0 = max(0, y0 - PAD), max(0, x0 - PAD)
+        y1, x1 = min(lab.shape[0], y1 + PAD), min(lab.shape[1], x1 + PAD)
+        mask = lab[y0:y1, x0:x1] == i
+        if mask.sum() < min_area:
+            continue
+        out.append(Exemplar(img[y0:y1, x0:x1].copy(), mask, background))
     return out
+
+
+def _cells_of_stack(
+    img: np.ndarray, lab: np.ndarray, background: float, min_area: int, first: int
+) -> list[list[Exemplar]]:
+    """Per cell of a 3D stack not cut by its XY border: its cross-sections, slice by slice."""
+    from scipy import ndimage
+
+    groups = []
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        if sl is None:
+            continue
+        (y0, y1), (x0, x1) = ((s.start, s.stop) for s in sl[1:])
+        if y0 == 0 or x0 == 0 or y1 == lab.shape[1] or x1 == lab.shape[2]:
+            continue
+        cell = first + len(groups)
+        sections = []
+        for z in range(sl[0].start, sl[0].stop):
+            (ex,) = _crops(img[z], lab[z], background, 1, only=i) or (None,)
+            if ex is not None:
+                sections.append(replace(ex, cell=cell, z=z - sl[0].start))
+        if sections and max(e.area for e in sections) >= min_area:
+            groups.append(sections)
+    return groups
 
 
 def save(exemplars: Sequence[Exemplar], path: str | Path) -> None:
@@ -113,6 +166,8 @@ def save(exemplars: Sequence[Exemplar], path: str | Path) -> None:
         "shapes": torch.from_numpy(shapes),
         "background": torch.tensor([e.background for e in exemplars], dtype=torch.float32),
     }
+    if any(e.cell >= 0 for e in exemplars):  # a stack's cells: which cell, which slice
+        tensors["cell"] = torch.tensor([[e.cell, e.z] for e in exemplars], dtype=torch.int64)
     save_tensors(Path(path), tensors)
 
 
@@ -125,16 +180,23 @@ def load(path: str | Path) -> list[Exemplar]:
         pixels = t["pixels"].numpy().astype(np.float32)
         shapes, background = t["shapes"].numpy(), t["background"].numpy()
         masks = np.unpackbits(t["masks"].numpy())[: pixels.size].astype(bool)
+        cell = t["cell"].numpy() if "cell" in t else np.tile([-1, 0], (len(shapes), 1))
     except Exception as e:  # a truncated or foreign file
         raise CellsynthInputError(f"{path}: not a cellsynth exemplar file ({e})") from None
     sizes = shapes.prod(axis=1) if len(shapes) else np.zeros(0, np.int64)
-    if sizes.sum() != pixels.size or pixels.size != masks.size or len(background) != len(sizes):
+    if (
+        sizes.sum() != pixels.size
+        or pixels.size != masks.size
+        or len(background) != len(sizes)
+        or cell.shape != (len(sizes), 2)
+    ):
         raise CellsynthInputError(f"{path}: the exemplar table and its pixels disagree")
     ends = np.cumsum(sizes)
     out = []
-    for (h, w), end, n, bg in zip(shapes, ends, sizes, background, strict=True):
+    for (h, w), end, n, bg, (c, z) in zip(shapes, ends, sizes, background, cell, strict=True):
         sl = slice(int(end - n), int(end))
-        out.append(Exemplar(pixels[sl].reshape(h, w), masks[sl].reshape(h, w), float(bg)))
+        img, mask = pixels[sl].reshape(h, w), masks[sl].reshape(h, w)
+        out.append(Exemplar(img, mask, float(bg), int(c), int(z)))
     return out
 
 
@@ -192,9 +254,7 @@ def warp(
 
 def choose(exemplars: Sequence[Exemplar], area: float, rng: np.random.Generator, k: int = 5):
     """One of the ``k`` exemplars closest in area (log scale) to ``area``."""
-    areas = np.asarray([e.area for e in exemplars], np.float64)
-    order = np.argsort(np.abs(np.log(areas) - np.log(max(area, 1.0))))
-    return exemplars[int(order[int(rng.integers(min(k, len(order))))])]
+    return exemplars[_choose_index([e.area for e in exemplars], area, rng, k)]
 
 
 def compose(
@@ -204,34 +264,115 @@ def compose(
     background: float,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """A frame of warped exemplars: each cell of ``labels`` (2D) gets one, its contrast over
-    its own frame's background scaled so its mean is ``lut[label]``; the rims fade into the
-    ``background`` level outside the cells. Raw intensity units, float32."""
+    """A frame of warped exemplars: each cell of ``labels`` gets one, its contrast over its own
+    frame's background scaled so its mean is ``lut[label]``; the rims fade into the
+    ``background`` level outside the cells. Raw intensity units, float32.
+
+    For a 3D label stack (Z, Y, X) each slice is composed as a frame. A cell takes a real 3D
+    cell's cross-sections in order when the exemplars hold a stack's cells (chosen by largest
+    cross-section; its first slice on the synthetic cell's first, its last on its last), so
+    its texture changes from slice to slice as a real nucleus's does and dims where a real one
+    dims; with 2D exemplars only, one exemplar on every slice. Either way one turn and mirror
+    and one brightness scale per cell, whose mean over all its slices is ``lut[label]``."""
     from scipy import ndimage
 
     lab = np.asarray(labels)
-    if lab.ndim != 2:
-        raise CellsynthInputError(f"exemplar texture needs a 2D label image, got {lab.shape}")
+    if lab.ndim not in (2, 3):
+        raise CellsynthInputError(
+            f"exemplar texture needs a 2D label image or a 3D stack, got {lab.shape}"
+        )
     if not exemplars:
         raise CellsynthInputError("the bundle holds no exemplar cells")
-    out = np.full(lab.shape, background, np.float64)
-    rim_w = np.zeros(lab.shape, np.float64)
-    rim_v = np.zeros(lab.shape, np.float64)
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None:
+    if lab.ndim == 2:
+        return _compose_frame(lab, exemplars, lut, background, rng)
+    cells = _by_cell(exemplars)
+    picks: list[dict[int, tuple[Exemplar, int, float]]] = [{} for _ in lab]
+    for i, sl3 in enumerate(ndimage.find_objects(lab), start=1):
+        if sl3 is None:
             continue
-        grow = PAD + 2
-        sl = tuple(
-            slice(max(0, s.start - grow), min(n, s.stop + grow))
-            for s, n in zip(sl, lab.shape, strict=True)
-        )
-        mask = lab[sl] == i
-        ex = choose(exemplars, float(mask.sum()), rng)
-        values, weight = warp(ex, mask, rng)
-        contrast = float(values[mask].mean()) - ex.background  # as warped onto this mask
+        crops = [(z, *_crop(lab[z], i, sl3[1:])) for z in range(sl3[0].start, sl3[0].stop)]
+        crops = [(z, sl, m) for z, sl, m in crops if m.any()]
+        largest = max(float(m.sum()) for _, _, m in crops)
+        if cells:
+            real = cells[_choose_index([max(e.area for e in c) for c in cells], largest, rng)]
+            k, n = len(crops), len(real)
+            per = [real[round(j * (n - 1) / (k - 1))] for j in range(k)] if k > 1 else None
+            per = per or [max(real, key=lambda e: e.area)]
+        else:
+            per = [choose(exemplars, largest, rng)] * len(crops)
+        seed = int(rng.integers(2**32))
+        excess = area = 0.0
+        for (_, _, mask), ex in zip(crops, per, strict=True):
+            values, _ = warp(ex, mask, np.random.default_rng(seed))
+            excess += float((values[mask] - ex.background).sum())
+            area += float(mask.sum())
+        contrast = excess / area
         want = float(lut[i]) if i < len(lut) else np.nan
         ok = contrast > 1e-6 and np.isfinite(want)
         scale = (want - background) / contrast if ok else 1.0  # NaN: the exemplar's own
+        for (z, _, _), ex in zip(crops, per, strict=True):
+            picks[z][i] = (ex, seed, scale)
+    return np.stack(
+        [_compose_frame(sl, exemplars, lut, background, rng, picks[z]) for z, sl in enumerate(lab)]
+    )
+
+
+def _by_cell(exemplars: Sequence[Exemplar]) -> list[list[Exemplar]]:
+    """The exemplars of a stack's cells, grouped per cell in slice order (2D ones left out)."""
+    cells: dict[int, list[Exemplar]] = {}
+    for e in exemplars:
+        if e.cell >= 0:
+            cells.setdefault(e.cell, []).append(e)
+    return [sorted(c, key=lambda e: e.z) for _, c in sorted(cells.items())]
+
+
+def _choose_index(areas: Sequence[float], area: float, rng: np.random.Generator, k: int = 5):
+    """The index of one of the ``k`` ``areas`` closest to ``area`` (log scale)."""
+    a = np.log(np.maximum(np.asarray(areas, np.float64), 1.0))
+    order = np.argsort(np.abs(a - np.log(max(area, 1.0))))
+    return int(order[int(rng.integers(min(k, len(order))))])
+
+
+def _crop(lab: np.ndarray, i: int, sl: tuple[slice, ...]) -> tuple[tuple[slice, ...], np.ndarray]:
+    """The region around cell ``i`` (bounding box ``sl``) with room for its rim, and its mask."""
+    grow = PAD + 2
+    sl = tuple(
+        slice(max(0, s.start - grow), min(n, s.stop + grow))
+        for s, n in zip(sl, lab.shape, strict=True)
+    )
+    return sl, lab[sl] == i
+
+
+def _compose_frame(
+    lab: np.ndarray,
+    exemplars: Sequence[Exemplar],
+    lut: np.ndarray,
+    background: float,
+    rng: np.random.Generator,
+    picks: dict[int, tuple[Exemplar, int, float]] | None = None,
+) -> np.ndarray:
+    """:func:`compose` of one 2D frame. ``picks`` (label -> exemplar, seed of its turn,
+    brightness scale) fixes each cell's exemplar (a stack's slices); without it each cell
+    draws one from ``rng`` and is scaled to ``lut[label]``."""
+    from scipy import ndimage
+
+    out = np.full(lab.shape, background, np.float64)
+    rim_w = np.zeros(lab.shape, np.float64)
+    rim_v = np.zeros(lab.shape, np.float64)
+    for i, box in enumerate(ndimage.find_objects(lab), start=1):
+        if box is None:
+            continue
+        sl, mask = _crop(lab, i, box)
+        if picks is None:
+            ex = choose(exemplars, float(mask.sum()), rng)
+            values, weight = warp(ex, mask, rng)
+            contrast = float(values[mask].mean()) - ex.background  # as warped onto this mask
+            want = float(lut[i]) if i < len(lut) else np.nan
+            ok = contrast > 1e-6 and np.isfinite(want)
+            scale = (want - background) / contrast if ok else 1.0  # NaN: the exemplar's own
+        else:
+            ex, seed, scale = picks[i]
+            values, weight = warp(ex, mask, np.random.default_rng(seed))
         values = background + (values - ex.background) * scale
         out[sl][mask] = values[mask]
         free = lab[sl] == 0
@@ -255,6 +396,8 @@ def strength_map(
     from skimage.segmentation import find_boundaries
 
     lab = np.asarray(labels)
+    if lab.ndim == 3:  # a stack is painted slice by slice: each slice's own boundaries
+        return np.stack([strength_map(sl, strength, edge, width) for sl in lab])
     edge = min(float(edge), float(strength))
     bound = find_boundaries(lab, mode="inner") | find_boundaries(lab, mode="outer")
     if not bound.any():

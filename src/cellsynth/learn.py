@@ -101,6 +101,21 @@ def _texture_slices(pairs: Sequence[Pair]) -> tuple[list[np.ndarray], list[np.nd
     return [img for _, img, _ in pieces], [lab for _, _, lab in pieces]
 
 
+def exemplar_sources(pairs: Sequence[Pair]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """What exemplar cells are collected from: densely labelled stacks whole (each cell's
+    slices in order), 2D images and the annotated slices of sparsely labelled stacks."""
+    images, labels = [], []
+    for p in pairs:
+        if p.labels.ndim == 3 and not p.annotated_slices:
+            images.append(p.image)
+            labels.append(p.labels)
+        else:
+            for _, img, lab in labelled_slices(p):
+                images.append(img)
+                labels.append(lab)
+    return images, labels
+
+
 def _density(pairs: Sequence[Pair], n_cells: int) -> float:
     area = 0.0
     for p in pairs:
@@ -362,10 +377,8 @@ def _learn(
         mask_cfg=mcfg,
         texture_cfg=tcfg,
     )
-    if atlas.ndim == 2:  # real cells to start the texture from (cellsynth.exemplars)
-        bundle.set_exemplars(
-            exemplars.collect(slice_images, slice_labels), exemplars.DEFAULT_STRENGTH
-        )
+    # real cells to start the texture from (cellsynth.exemplars)
+    bundle.set_exemplars(exemplars.collect(*exemplar_sources(pairs)), exemplars.DEFAULT_STRENGTH)
     # the solidity of the whole training cells, which the sampled masks' smoothing is fitted to
     solidity = training_solidity(atlas)
     device = accelerator.device

@@ -69,6 +69,24 @@ def z_ratios(pairs: Sequence[Pair], voxel_size: Sequence[float]) -> tuple[np.nda
     return np.asarray(out), n_cut
 
 
+def z_equators(pairs: Sequence[Pair], voxel_size: Sequence[float]) -> list[float]:
+    """Where the cells of dense 3D labels are widest: the height (physical units, from the
+    stack's first slice) of the centre of each cell's largest cross-section. Adherent cells on
+    a coverslip are widest near the first slices (CHO: every nucleus within two slices of it);
+    synthesis places its cells' equators at these heights."""
+    from skimage.measure import regionprops
+
+    vz = float(voxel_size[0])
+    out = []
+    for p in pairs:
+        if p.annotated_slices:
+            continue
+        for r in regionprops(p.labels):
+            areas = r.image.sum(axis=(1, 2))
+            out.append(round((r.bbox[0] + int(np.argmax(areas)) + 0.5) * vz, 4))
+    return out
+
+
 def _ellipsoid_height(areas: np.ndarray) -> float:
     """Height 2c (slices) of the ellipsoid whose cross-sections best match ``areas``."""
     if len(areas) < 3:
@@ -84,38 +102,28 @@ def _ellipsoid_height(areas: np.ndarray) -> float:
 def calibrate_rho(
     bundle: Any, labels: np.ndarray, real_corr: float, grid: Sequence[float], seed: int = 0
 ) -> dict[str, Any]:
-    """Paint ``labels`` at each rho of ``grid`` and pick the one whose slice correlation is
-    closest to ``real_corr``."""
+    """Paint ``labels`` at each rho of ``grid`` as synthesis paints a stack (the same cells'
+    brightness at every rho and, for bundles holding exemplar cells, the same warped real
+    cells to start from) and pick the rho whose slice correlation is closest to
+    ``real_corr``."""
     import torch
 
     from cellsynth.metrics import slice_correlation
-    from cellsynth.texture import brightness_conditioned, draw_brightness, paint
+    from cellsynth.synthesize import SynthesisParams, Synthesizer
 
-    sampler = bundle.texture_sampler()
-    brightness = None
-    if brightness_conditioned(bundle.texture_cfg):  # the same cells' brightness at every rho
-        rng = np.random.default_rng(seed)
-        brightness = draw_brightness(labels, bundle.brightness_frames, rng)
+    syn = Synthesizer(bundle, device=next(bundle.texture_unet.parameters()).device)
+    params = SynthesisParams(size=tuple(labels.shape), seed=seed)
     table = {}
     for rho in grid:
         gen = torch.Generator().manual_seed(seed)
-        img = paint(
-            bundle.texture_unet,
-            sampler,
-            labels,
-            bundle.intensity,
-            cfg=bundle.texture_cfg,
-            steps=bundle.texture_cfg.sampling_steps,
-            generator=gen,
-            rho=float(rho),
-            brightness=brightness,
-        )
+        img, _, _ = syn.painted(labels, params, gen, rho=float(rho))
         table[float(rho)] = slice_correlation(img, labels)
     best = min(table, key=lambda r: abs(table[r] - real_corr))
     return {
         "rho": best,
         "real_correlation": real_corr,
         "synthetic_correlation": {str(k): v for k, v in table.items()},
+        "exemplar_strength": syn.exemplar_strength(labels, params),
     }
 
 
@@ -227,6 +235,7 @@ def learn_3d(
             **prior.to_dict(),
             "z_ratios": [round(float(r), 4) for r in ratios],
             "cells_cut_by_stack": n_cut,
+            "z_equators": z_equators(pairs, vs),
         },
         texture3d=texture3d if texture3d.get("rho") is not None else None,
         settings_3d={**s3.to_dict(), "voxel_size": list(vs)},

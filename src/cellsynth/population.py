@@ -65,6 +65,7 @@ def place_cells(
     touch_prob: float = 0.0,
     edge_cut: float | None = None,
     min_pixels: int = MIN_CUT_PIXELS,
+    z_centres: np.ndarray | None = None,
 ) -> Population:
     """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``.
 
@@ -80,6 +81,11 @@ def place_cells(
     cells at the border as often as a field of view does (the built-in images: 36 % of the cells
     touch the border; placement with ``min_inside`` 0.5: 23 %); data whose annotated frames hold
     few cut cells (GOWT1: 1 %) ask for less (:func:`edge_cut_probability`).
+
+    With ``z_centres`` (3D; slices) a cell placed on its own has its centre at one of these
+    heights, give or take half a slice, instead of anywhere in the stack: the heights at which
+    the training cells are widest (adherent cells sit on the coverslip); clustered and
+    touching cells take their partner's height.
     """
     from scipy import ndimage
 
@@ -182,6 +188,8 @@ def place_cells(
                     fits = free_axes > 0
                     lo = np.where(fits, -half if overhang else half, 0.0)
                 centre = lo + rng.uniform(0, 1, nd) * (np.array(shape) - 2 * lo)
+                if z_centres is not None and nd == 3 and len(z_centres):
+                    centre[0] = float(rng.choice(z_centres)) + rng.uniform(-0.5, 0.5)
             corner = np.rint(centre - half).astype(int)
             if _fits(occupied, grown, corner - gap, m, corner, inside, min_pixels):
                 _add(m, grown, half, centre, corner, clustered=clustered)

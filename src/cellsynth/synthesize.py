@@ -145,7 +145,7 @@ class SynthesisParams:
     # images' camera noise and uneven illumination added (bundles that record them);
     # "model": as the texture model paints it
     brightness: str = "data"
-    # exemplar-guided texture (bundles holding exemplar cells, 2D): the fraction of the
+    # exemplar-guided texture (bundles holding exemplar cells; 3D too): the fraction of the
     # diffusion schedule the texture model repaints over real training cells warped onto the
     # new masks; 1 = the model alone, from noise; None = the bundle's default
     exemplar_strength: float | None = None
@@ -285,9 +285,10 @@ class Synthesizer:
         return (*self.brightness(image, labels, params), None)
 
     def exemplar_strength(self, labels: np.ndarray, params: SynthesisParams) -> float:
-        """How much of the schedule the texture model repaints: 1 (from noise) for 3D stacks
-        and bundles without exemplar cells, else the parameter or the bundle's default."""
-        if np.asarray(labels).ndim != 2 or not self.bundle.exemplars():
+        """How much of the schedule the texture model repaints: 1 (from noise) for bundles
+        without exemplar cells (3D bundles learnt before December 2026 among them), else the
+        parameter or the bundle's default."""
+        if not self.bundle.exemplars():
             return 1.0
         if params.exemplar_strength is not None:
             return float(params.exemplar_strength)
@@ -415,12 +416,17 @@ class Synthesizer:
     ) -> np.ndarray:
         """Camera noise and uneven illumination of the training images (``brightness ==
         "data"``): the drawn training ``frame``'s own, else the bundle's medians (its optional
-        ``background`` key)."""
+        ``background`` key). A 3D stack gets them over all its slices at once (3D bundles
+        learnt before December 2026 painted stacks without them)."""
         own = frame.background_target() if frame is not None else None
         target = own or self.bundle.meta.get("background")
         if params.brightness != "data" or not target:
             return image
         rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(2)[1])
+        if np.ndim(image) == 3:  # a stack: its slices side by side, one noise level for all
+            z = image.shape[0]
+            out = match_background(np.hstack(image), np.hstack(labels), target, rng)
+            return np.stack(np.hsplit(out, z))
         return match_background(image, labels, target, rng)
 
     def cell_masks(
@@ -670,6 +676,8 @@ class Synthesizer:
         vols, timing = self.cell_volumes(list(masks), anisotropy, rng, gen)
         t2 = time.perf_counter()
         cluster_prob, cluster_band = self.clustering(params)
+        equators = b.z_equators
+        z_centres = equators / vs[0] if equators is not None else None
         pop = place_cells(
             vols,
             size,
@@ -677,10 +685,15 @@ class Synthesizer:
             band=cluster_band,
             touch_prob=touch_prob(self.touching(params)),
             rng=rng,
+            z_centres=z_centres,
+            # cells widest near the first slice have half of themselves below it, as the
+            # training cells do
+            min_inside=0.5 if z_centres is None else 0.25,
         )
         t3 = time.perf_counter()
         rho = self.rho(params)
-        image, brightness, _ = self.painted(pop.labels, params, gen, rho=rho)
+        image, brightness, frame = self.painted(pop.labels, params, gen, rho=rho)
+        image = self.background(image, pop.labels, params, frame)
         t4 = time.perf_counter()
         info = asdict(params)
         info.update(
@@ -693,6 +706,7 @@ class Synthesizer:
             cluster_band=cluster_band,
             bundle=str(b.path) if b.path else None,
             brightness=brightness,
+            exemplar_strength=self.exemplar_strength(pop.labels, params),
             multiview_model=str(self.multiview.path) if self.multiview.path else None,
             timing={"masks": t1 - t0, **timing, "population": t3 - t2, "texture": t4 - t3},
         )
