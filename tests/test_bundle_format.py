@@ -80,6 +80,11 @@ def test_a_saved_bundle_is_the_current_format_and_round_trips(copy):
         (lambda m: m["mask_config"].update(widths=[]), "mask_config.widths", "non-empty list"),
         (lambda m: m["texture_config"].update(sample_size=0), "texture_config.sample_size", "4"),
         (lambda m: m.update(texture3d={"rho": -1}), "texture3d.rho", ">= 0"),
+        (
+            lambda m: m.update(shape_prior={"z_equators": [0.5, "low"]}),
+            "shape_prior.z_equators",
+            "heights",
+        ),
         (lambda m: m["mask_config"].update(sampler="euler"), "mask_config.sampler", "unipc"),
         (lambda m: m["cells"].update(min_cut_area=-3), "cells.min_cut_area", ">= 0"),
         (lambda m: m["cells"].update(edge_cut=1.5), "cells.edge_cut", "from 0.0 to 1.0"),

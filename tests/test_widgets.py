@@ -226,7 +226,8 @@ def test_widget_defaults_are_the_core_settings_defaults(make_napari_viewer_proxy
     synth.exemplar.value = 0.4  # exemplar strength: 0 = the bundle's, else passed on
     assert synth.params().exemplar_strength == pytest.approx(0.4)
     synth.dims.value = "3D"
-    assert not synth.exemplar.visible  # 3D stacks are painted from noise
+    # 3D stacks start from exemplars too (3D bundles holding them); the blurs are 2D only
+    assert not synth.exemplar.native.isHidden() and synth.blur.native.isHidden()
 
 
 def test_layer_pickers_list_the_layers_of_their_napari_class(make_napari_viewer_proxy):

@@ -520,6 +520,12 @@ def validate_meta(meta: dict[str, Any], where: Path) -> None:
         _float(meta, "optical_blur.edge_sigma", where, lo=0.0, hi=MAX_BLUR, optional=True)
     if "shape_prior" in meta and not isinstance(meta["shape_prior"], dict):
         raise _bad(where, "shape_prior", "an object", meta["shape_prior"])
+    eq = (meta.get("shape_prior") or {}).get("z_equators")
+    if eq is not None and not (
+        isinstance(eq, list)
+        and all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in eq)
+    ):
+        raise _bad(where, "shape_prior.z_equators", "a list of heights >= 0", eq)
 
 
 def _check_config(meta: dict, name: str, where: Path) -> None:

@@ -928,7 +928,8 @@ def _synthesize_parser(sub: Any) -> None:
             "--exemplar-strength",
             type=float,
             default=None,
-            help="2D, bundles holding exemplar cells: how much of the diffusion schedule the "
+            help="bundles holding exemplar cells (2D, and 3D bundles since December 2026): how "
+            "much of the diffusion schedule the "
             "texture model repaints over real training cells warped onto the new masks (0-1; "
             "1 = the model alone, from noise; default: the bundle's)",
         )

@@ -236,7 +236,7 @@ class SynthesizeWidget(Container):
     def _on_dims(self, value: str) -> None:
         three = value == "3D"
         self.canvas_z.visible = self.rho.visible = three
-        self.exemplar.visible = self.blur.visible = self.edge_blur.visible = not three
+        self.blur.visible = self.edge_blur.visible = not three  # exemplars: 2D and 3D
         if three and self.canvas_h.value > 512:  # 3D canvases cost Z times a 2D one
             self.canvas_h.value = self.canvas_w.value = 256
 
