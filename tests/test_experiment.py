@@ -324,6 +324,37 @@ def test_a_changed_evaluation_scores_finished_rows_again_without_training(finish
     assert "IoU >= 0.25" in (out / "results.md").read_text()
 
 
+def test_rescoring_scores_a_rung_and_the_row_adopted_from_it_once(tmp_path, monkeypatch):
+    """The row a ladder adopts holds a copy of the rung's model: one scoring serves both."""
+    import cellsynth.segment
+
+    cfg = load_config(_ladder_config(tmp_path, start_epochs=1, max_epochs=2))
+    exp = Experiment(cfg, tmp_path / "out", device="cpu")
+    rung = exp.convergence_path / "models" / "real@2"
+    for folder in (exp.convergence_path / "models", exp.out / "models", exp.out / "rows"):
+        folder.mkdir(parents=True, exist_ok=True)
+    old = {"SEG": 0.5, "evaluation": {"stitch_threshold": 0.5}}
+    rung.write_bytes(b"the same weights")
+    (exp.convergence_path / "real@2.json").write_text(json.dumps(old))
+    real = cfg.rows[0]
+    exp.model_path(real).write_bytes(b"the same weights")
+    exp.row_path(real).write_text(json.dumps(old))
+    calls = []
+    monkeypatch.setattr(cellsynth.segment, "load_model", lambda path, *a, **k: path)
+    monkeypatch.setattr(exp, "_scores", lambda m: calls.append(m) or {"SEG": 0.7, "evaluation": {}})
+    list(exp.rescore())
+    assert len(calls) == 1
+    for record in (exp.convergence_path / "real@2.json", exp.row_path(real)):
+        rec = json.loads(record.read_text())
+        assert rec["SEG"] == 0.7 and rec["previous_scores"] == [
+            {**dict.fromkeys(("AP50", "bPQ", "n_predicted")), **old}
+        ]
+    exp.model_path(real).write_bytes(b"other weights")  # a row of its own is scored itself
+    exp.row_path(real).write_text(json.dumps(old))
+    list(exp.rescore())
+    assert len(calls) == 2
+
+
 @pytest.mark.parametrize(
     ("evaluation", "expected"),
     [

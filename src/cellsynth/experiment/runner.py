@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -735,13 +736,19 @@ class Experiment:
                 rec = json.loads(record.read_text())
                 if (rec.get("evaluation") or {}) != self.config.evaluation:
                     stale.append((record, model, rec))
+        scored: dict[str, dict[str, Any]] = {}  # by the model's bytes: a row adopted from a
+        # ladder rung holds a copy of the rung's model, scored once for both
         for i, (record, model, rec) in enumerate(stale):
             yield ExperimentProgress(
                 "evaluation", record.stem, i / len(stale), "scored again: the evaluation changed"
             )
             keep = ("SEG", "AP50", "bPQ", "n_predicted", "evaluation")
             before = {k: rec.get(k) for k in keep}
-            scores = self._scores(load_model(model, self.device, backend=self.config.backend))
+            digest = hashlib.sha256(model.read_bytes()).hexdigest()
+            if digest not in scored:
+                m = load_model(model, self.device, backend=self.config.backend)
+                scored[digest] = self._scores(m)
+            scores = scored[digest]
             rec = rec | scores | {"previous_scores": [*rec.get("previous_scores", []), before]}
             write_json(record, nan_to_none(rec))
             log.info(
