@@ -81,11 +81,10 @@ def collect(
         lab = np.asarray(lab)
         if img.ndim not in (2, 3) or lab.shape != img.shape:
             continue
+        background, _ = measure_brightness(img, lab)
         if img.ndim == 2:
-            background, _ = measure_brightness(img, lab)
             groups += [[e] for e in _crops(img, lab, float(background), min_area)]
         else:
-            background, _ = measure_brightness(img, lab)
             groups += _cells_of_stack(img, lab, float(background), min_area, len(groups))
     if all(len(g) == 1 for g in groups):
         out = [g[0] for g in groups]
@@ -102,26 +101,39 @@ def collect(
     return [replace(e, cell=e.cell if e.cell < 0 else n) for n, g in enumerate(cells) for e in g]
 
 
-def _crops(
-    img: np.ndarray, lab: np.ndarray, background: float, min_area: int, only: int | None = None
-) -> list[Exemplar]:
-    """The cells of a 2D image not cut by its border (or cell ``only``), each with its rim."""
+def _crops(img: np.ndarray, lab: np.ndarray, background: float, min_area: int) -> list[Exemplar]:
+    """The cells of a 2D image not cut by its border, each with its rim."""
     from scipy import ndimage
 
     out = []
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        if sl is None or (only is not None and i != only):
-            continue
-        (y0, y1), (x0, x1) = ((s.start, s.stop) for s in sl)
-        if y0 == 0 or x0 == 0 or y1 == lab.shape[0] or x1 == lab.shape[1]:
-            continue  # cut by the border: its shape is not a cell's
-        y0, x0 = max(0, y0 - PAD), max(0, x0 - PAD)
-        y1, x1 = min(lab.shape[0], y1 + PAD), min(lab.shape[1], x1 + PAD)
-        mask = lab[y0:y1, x0:x1] == i
-        if mask.sum() < min_area:
-            continue
-        out.append(Exemplar(img[y0:y1, x0:x1].copy(), mask, background))
+        ex = _crop_cell(img, lab, i, sl, background, min_area)
+        if ex is not None:
+            out.append(ex)
     return out
+
+
+def _crop_cell(
+    img: np.ndarray,
+    lab: np.ndarray,
+    i: int,
+    sl: tuple[slice, ...] | None,
+    background: float,
+    min_area: int,
+) -> Exemplar | None:
+    """Cell ``i`` of a 2D image (bounding box ``sl``) with its rim; None if it is absent, cut
+    by the border or smaller than ``min_area``."""
+    if sl is None:
+        return None
+    (y0, y1), (x0, x1) = ((s.start, s.stop) for s in sl)
+    if y0 == 0 or x0 == 0 or y1 == lab.shape[0] or x1 == lab.shape[1]:
+        return None  # cut by the border: its shape is not a cell's
+    y0, x0 = max(0, y0 - PAD), max(0, x0 - PAD)
+    y1, x1 = min(lab.shape[0], y1 + PAD), min(lab.shape[1], x1 + PAD)
+    mask = lab[y0:y1, x0:x1] == i
+    if mask.sum() < min_area:
+        return None
+    return Exemplar(img[y0:y1, x0:x1].copy(), mask, background)
 
 
 def _cells_of_stack(
@@ -130,6 +142,7 @@ def _cells_of_stack(
     """Per cell of a 3D stack not cut by its XY border: its cross-sections, slice by slice."""
     from scipy import ndimage
 
+    boxes = [ndimage.find_objects(sl) for sl in lab]  # per slice, once for all cells
     groups = []
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
         if sl is None:
@@ -140,7 +153,8 @@ def _cells_of_stack(
         cell = first + len(groups)
         sections = []
         for z in range(sl[0].start, sl[0].stop):
-            (ex,) = _crops(img[z], lab[z], background, 1, only=i) or (None,)
+            box = boxes[z][i - 1] if i <= len(boxes[z]) else None
+            ex = _crop_cell(img[z], lab[z], i, box, background, 1)
             if ex is not None:
                 sections.append(replace(ex, cell=cell, z=z - sl[0].start))
         if sections and max(e.area for e in sections) >= min_area:
@@ -306,15 +320,20 @@ def compose(
             values, _ = warp(ex, mask, np.random.default_rng(seed))
             excess += float((values[mask] - ex.background).sum())
             area += float(mask.sum())
-        contrast = excess / area
-        want = float(lut[i]) if i < len(lut) else np.nan
-        ok = contrast > 1e-6 and np.isfinite(want)
-        scale = (want - background) / contrast if ok else 1.0  # NaN: the exemplar's own
+        scale = _scale(excess / area, lut, i, background)
         for (z, _, _), ex in zip(crops, per, strict=True):
             picks[z][i] = (ex, seed, scale)
     return np.stack(
         [_compose_frame(sl, exemplars, lut, background, rng, picks[z]) for z, sl in enumerate(lab)]
     )
+
+
+def _scale(contrast: float, lut: np.ndarray, i: int, background: float) -> float:
+    """The factor that brings a warped exemplar's ``contrast`` over its background to cell
+    ``i``'s drawn brightness ``lut[i]``; 1 (the exemplar's own) where that is NaN or absent."""
+    want = float(lut[i]) if i < len(lut) else np.nan
+    ok = contrast > 1e-6 and np.isfinite(want)
+    return (want - background) / contrast if ok else 1.0
 
 
 def _by_cell(exemplars: Sequence[Exemplar]) -> list[list[Exemplar]]:
@@ -366,10 +385,8 @@ def _compose_frame(
         if picks is None:
             ex = choose(exemplars, float(mask.sum()), rng)
             values, weight = warp(ex, mask, rng)
-            contrast = float(values[mask].mean()) - ex.background  # as warped onto this mask
-            want = float(lut[i]) if i < len(lut) else np.nan
-            ok = contrast > 1e-6 and np.isfinite(want)
-            scale = (want - background) / contrast if ok else 1.0  # NaN: the exemplar's own
+            # its contrast as warped onto this mask
+            scale = _scale(float(values[mask].mean()) - ex.background, lut, i, background)
         else:
             ex, seed, scale = picks[i]
             values, weight = warp(ex, mask, np.random.default_rng(seed))
