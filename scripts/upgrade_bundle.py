@@ -52,23 +52,15 @@ from cellsynth.synthesize import Synthesizer
 
 def recalibrated_rho(folder: Path, pairs: list, meta: dict) -> dict:
     """The slice correlation rho of a 3D bundle calibrated as ``learn --3d`` does."""
-    import numpy as np
-
-    from cellsynth.learn3d import _calibration_stack, calibrate_rho
-    from cellsynth.metrics import slice_correlation
+    from cellsynth.learn3d import fit_rho
     from cellsynth.settings import Learn3DSettings
 
     recorded = meta.get("settings_3d") or {}
     grid = tuple(recorded.get("rho_grid") or Learn3DSettings.rho_grid)
     side = int(recorded.get("calibration_side") or Learn3DSettings.calibration_side)
-    dense = [p for p in pairs if not p.annotated_slices]
-    corrs = [c for c in (slice_correlation(p.image, p.labels) for p in dense) if np.isfinite(c)]
-    if not corrs:
-        return meta.get("texture3d") or {}
-    bundle = GeneratorBundle.load(folder, device="cpu")
     seed = int(meta.get("settings", {}).get("seed", 0))
-    stack = _calibration_stack(pairs, side)
-    return calibrate_rho(bundle, stack, float(np.mean(corrs)), grid, seed)
+    texture3d = fit_rho(GeneratorBundle.load(folder, device="cpu"), pairs, grid, side, seed)
+    return texture3d if texture3d.get("rho") is not None else meta.get("texture3d") or {}
 
 
 def main() -> int:

@@ -127,6 +127,22 @@ def calibrate_rho(
     }
 
 
+def fit_rho(
+    bundle: Any, pairs: Sequence[Pair], grid: Sequence[float], side: int, seed: int = 0
+) -> dict[str, Any]:
+    """The ``texture3d`` record: rho calibrated (:func:`calibrate_rho`) to the mean slice
+    correlation of the densely labelled stacks, or a note when there are none."""
+    from cellsynth.metrics import slice_correlation
+
+    dense = [p for p in pairs if not p.annotated_slices]
+    corrs = [slice_correlation(p.image, p.labels) for p in dense]
+    corrs = [c for c in corrs if np.isfinite(c)]
+    if not corrs:
+        return {"rho": None, "note": "no densely annotated stack: rho not calibrated"}
+    stack = _calibration_stack(pairs, side)
+    return calibrate_rho(bundle, stack, float(np.mean(corrs)), grid, seed)
+
+
 def _calibration_stack(pairs: Sequence[Pair], side: int) -> np.ndarray:
     """A real label stack cropped to ``side`` around its most crowded window."""
     lab = max((p.labels for p in pairs), key=lambda a: int(a.max()))
@@ -153,7 +169,6 @@ def learn_3d(
 ) -> Iterator[Progress]:
     """:func:`learn` on 3D stacks, then the 3D fits above; yields :class:`Progress`."""
     from cellsynth.bundle import GeneratorBundle
-    from cellsynth.metrics import slice_correlation
     from cellsynth.shapes.multiview import MultiviewModel, train_multiview
 
     s3 = settings_3d or Learn3DSettings()
@@ -216,16 +231,7 @@ def learn_3d(
     from cellsynth.bundle import Calibration3D
 
     bundle = GeneratorBundle.load(out, device=select_device(settings.device))
-    dense = [p for p in pairs if not p.annotated_slices]
-    corrs = [slice_correlation(p.image, p.labels) for p in dense]
-    corrs = [c for c in corrs if np.isfinite(c)]
-    if corrs:
-        real = float(np.mean(corrs))
-        texture3d = calibrate_rho(
-            bundle, _calibration_stack(pairs, s3.calibration_side), real, s3.rho_grid, settings.seed
-        )
-    else:
-        texture3d = {"rho": None, "note": "no densely annotated stack: rho not calibrated"}
+    texture3d = fit_rho(bundle, pairs, s3.rho_grid, s3.calibration_side, settings.seed)
 
     # 3. density and metadata, through the bundle (it owns bundle.json)
     n_cells = sum(count_cells(p.labels) for p in pairs)
