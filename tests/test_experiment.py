@@ -171,6 +171,60 @@ def test_only_a_curated_row_also_trains_its_scorer(tmp_path):
     assert sorted(p.stem for p in (out / "rows").glob("*.json")) == ["both_curated", "real"]
 
 
+def test_a_row_starts_from_another_rows_model(tmp_path):
+    """Pretrain on synthetic data, then fine-tune on the real frames: --only the second row
+    trains the first too, and the second starts from its weights (Cellpose's fine-tuning
+    rate, 1e-4, where the config sets none; 0.005 from scratch)."""
+    rows = [
+        {"name": "real"},
+        {"name": "synthetic", "real": [], "synthetic": 2},
+        {"name": "synthetic, then real", "start_from": "synthetic"},
+    ]
+    cfg = config_from_dict(tiny_config(rows=rows))
+    out = tmp_path / "out"
+    list(run_experiment(cfg, out, device="cpu", only=["synthetic, then real"]))
+    assert sorted(p.stem for p in (out / "rows").glob("*.json")) == [
+        "synthetic",
+        "synthetic_then_real",
+    ]
+    first = json.loads((out / "rows" / "synthetic.json").read_text())
+    second = json.loads((out / "rows" / "synthetic_then_real.json").read_text())
+    assert first["learning_rate"] == pytest.approx(0.005)
+    assert second["learning_rate"] == pytest.approx(1e-4)
+    assert second["n_synthetic_images"] in (0, None) and second["row"]["start_from"] == "synthetic"
+    exp = Experiment(cfg, out, device="cpu")
+    start, row = cfg.row_named("synthetic"), cfg.row_named("synthetic, then real")
+    assert exp._settings(row, 1).pretrained == str(exp.model_path(start))
+    # the pretrained row's key is part of the second row's: another start, another key
+    other = config_from_dict(tiny_config(rows=[*rows[:1], {**rows[1], "synthetic": 1}, rows[2]]))
+    e2 = Experiment(other, tmp_path / "o2", device="cpu")
+    assert e2.row_key(other.row_named("synthetic, then real"), 1) != exp.row_key(row, 1)
+    assert (
+        "Row 'synthetic, then real' starts from the model of row 'synthetic'"
+        in (out / "results.md").read_text()
+    )
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ([{"name": "real", "start_from": "nope"}], "must name another row"),
+        ([{"name": "real", "start_from": "real"}], "must name another row"),
+        (
+            [
+                {"name": "real"},
+                {"name": "a", "start_from": "real"},
+                {"name": "b", "start_from": "a"},
+            ],
+            "itself starts from",
+        ),
+    ],
+)
+def test_start_from_must_name_a_row_trained_from_scratch(rows, message):
+    with pytest.raises(CellsynthInputError, match=message):
+        config_from_dict(tiny_config(rows=rows))
+
+
 def test_a_budget_lowers_epochs_and_a_hopeless_budget_is_refused(tmp_path):
     c = tiny_config(rows=[{"name": "real"}])
     c["training"]["epochs"] = 40

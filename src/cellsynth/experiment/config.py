@@ -33,7 +33,7 @@ CONFIG_KEYS = {
     "name", "description", "data", "train", "test", "bundle", "learn", "synthetic", "training",
     "curation", "rows", "voxel_size", "convergence", "evaluation",
 }  # fmt: skip
-ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "note"}
+ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "start_from", "note"}
 CURATION_KEYS = {"score_with"}
 CONVERGENCE_KEYS = {"row", "start_epochs", "max_epochs", "tolerance", "learning_rates"}
 EVALUATION_KEYS = {"stitch_threshold"}
@@ -134,6 +134,8 @@ class Row:
     p_real: float = 1.0
     curated: bool = False
     rho: float | None = None  # 3D: the synthetic set painted with this slice correlation
+    # start from this row's trained model (pretrain, e.g. on synthetic data, then fine-tune)
+    start_from: str | None = None
     note: str = ""
 
     @property
@@ -210,6 +212,10 @@ class ExperimentConfig:
     @property
     def n_synthetic(self) -> int:
         return int(self.synthetic.get("n", max([r.synthetic for r in self.rows] + [0])))
+
+    def row_named(self, name: str) -> Row:
+        """The row called ``name`` (names are unique: :func:`config_from_dict` checks)."""
+        return next(r for r in self.rows if r.name == name)
 
     @property
     def scorer(self) -> Row | None:
@@ -307,6 +313,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
     "row": {
         "name": (_STR, None, None), "real": (_STRS, None, None), "synthetic": (_INT, 0, None),
         "p_real": (_NUM, 0, 1), "curated": (_BOOL, None, None), "rho": (_NUM, 0, None),
+        "start_from": (_STR, None, None),
         "note": (_STR, None, None),
     },
 }  # fmt: skip
@@ -484,8 +491,37 @@ def config_from_dict(
             )
     if cfg.epochs < 1 or cfg.nimg_per_epoch < 1:
         raise CellsynthInputError("training.epochs and nimg_per_epoch must be >= 1", where)
+    _check_start_from(cfg, where)
     _check_convergence(cfg, where)
     return cfg
+
+
+def _check_start_from(cfg: ExperimentConfig, where: Path) -> None:
+    """A row's ``start_from`` names another row that starts from scratch (one level: the
+    pretrained row is trained first, at the same budget and learning rate)."""
+    names = {r.name: r for r in cfg.rows}
+    for r in cfg.rows:
+        if r.start_from is None:
+            continue
+        start = names.get(r.start_from)
+        if start is None or start is r:
+            raise CellsynthInputError(
+                f"row {r.name!r}: start_from {r.start_from!r} must name another row "
+                f"(rows: {sorted(names)})",
+                where,
+            )
+        if start.start_from is not None:
+            raise CellsynthInputError(
+                f"row {r.name!r}: start_from row {start.name!r} itself starts from "
+                f"{start.start_from!r}; name a row that trains from scratch",
+                where,
+            )
+    base = cfg.convergence.get("row") if cfg.convergence else None
+    if base is not None and names.get(base) is not None and names[base].start_from:
+        raise CellsynthInputError(
+            f"'convergence': the baseline row {base!r} must train from scratch (no start_from)",
+            where,
+        )
 
 
 def _check_convergence(cfg: ExperimentConfig, where: Path) -> None:
@@ -555,6 +591,7 @@ def _row(r: Any, i: int, train: list[str], where: Path) -> Row:
         p_real=p_real if n_syn else 1.0,
         curated=bool(r.get("curated", False)),
         rho=None if r.get("rho") is None else float(r["rho"]),
+        start_from=None if r.get("start_from") is None else str(r["start_from"]),
         note=str(r.get("note", "")),
     )
 

@@ -69,7 +69,7 @@ class RowKeys:
                 "data": str(cfg.data),
                 "train": cfg.train,
                 "test": cfg.test,
-                "row": asdict(row) | {"note": None},
+                "row": _row_fields(row),
                 "synthetic": self.synthetic(row.rho) if row.synthetic else None,
                 # curated rows train on the pairs the scorer rates best, rated as the test
                 # frames are scored (the evaluation only when set: older keys kept)
@@ -81,8 +81,23 @@ class RowKeys:
                 "scorer": (
                     self.row(scorer, epochs, learning_rate) if row.curated and scorer else None
                 ),
+                # a row that starts from another row's model: that model's key (only when set,
+                # so that the keys of the rows written before start_from existed are kept)
+                **(
+                    {"start_from": self.row(cfg.row_named(row.start_from), epochs, learning_rate)}
+                    if row.start_from
+                    else {}
+                ),
                 "training": cfg.training
                 | {"epochs": epochs}
                 | ({} if learning_rate is None else {"learning_rate": learning_rate}),
             }
         )
+
+
+def _row_fields(row: Row) -> dict[str, Any]:
+    """``row``'s fields that make its key: not its note, and start_from only when set."""
+    fields = asdict(row) | {"note": None}
+    if fields.get("start_from") is None:
+        fields.pop("start_from", None)
+    return fields

@@ -12,7 +12,7 @@ from typing import Any
 
 from cellsynth.errors import CellsynthInputError
 from cellsynth.experiment.config import ExperimentConfig, Row, load_config
-from cellsynth.experiment.runner import Experiment, ExperimentProgress
+from cellsynth.experiment.runner import Experiment, ExperimentProgress, training_order
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +67,19 @@ def run_rows_in_parallel(
     scorer = config.scorer if any(r.curated for r in rows) else None
     if scorer is not None and scorer not in rows:
         rows = [scorer, *rows]
+    starts = [config.row_named(r.start_from) for r in rows if r.start_from]
+    rows = [*(r for r in config.rows if r in starts and r not in rows), *rows]
     epochs = exp.epochs
     pending = sorted(
         (r for r in rows if exp.finished(r, epochs) is None),
-        key=lambda r: 0 if scorer is not None and r.name == scorer.name else 1,
+        key=lambda r: training_order(r, scorer),
     )
+
+    def ready(r: Row) -> bool:  # curated rows wait for their scorer, pretrained for their start
+        before = [scorer] if r.curated else []
+        before += [config.row_named(r.start_from)] if r.start_from else []
+        return all(exp.finished(b, epochs) is not None for b in before)
+
     total = max(len(pending), 1)
     running: dict[int, tuple[Row, Any, Any]] = {}  # by slot: ``cpu cpu`` is two slots
     try:
@@ -79,12 +87,10 @@ def run_rows_in_parallel(
             for slot, dev in enumerate(devices):
                 if slot in running:
                     continue
-                ready = [
-                    r for r in pending if not r.curated or exp.finished(scorer, epochs) is not None
-                ]
-                if not ready:
+                startable = [r for r in pending if ready(r)]
+                if not startable:
                     break
-                row = ready[0]
+                row = startable[0]
                 pending.remove(row)
                 running[slot] = (row, *_start(exp, dev, ["--only", row.name], row.slug, env))
                 yield ExperimentProgress("training", row.name, 0.0, f"started on {dev}")

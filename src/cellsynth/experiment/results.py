@@ -177,6 +177,15 @@ def results_markdown(res: dict[str, Any]) -> str:
             f"{_f(rec['AP50'])} | {_f(rec['bPQ'])} | {rec['train_seconds'] / 60:.1f} | "
             f"{rec['epochs']} |"
         )
+    starts = [r for r in cfg["rows"] if r.get("start_from")]
+    if starts:
+        lines.append("")
+        lines += [
+            f"Row '{r['name']}' starts from the model of row '{r['start_from']}' (pretrained "
+            "on its data), then trains on its own real frames and synthetic pairs for the same "
+            "epochs at the same learning rate."
+            for r in starts
+        ]
     conv = res.get("convergence")
     base_name = conv["row"] if conv else _baseline_name(cfg["rows"])
     base = res["rows"].get(base_name)

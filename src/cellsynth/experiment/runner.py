@@ -216,6 +216,8 @@ class Experiment:
             rows = [r for r in rows if r.name in only]
             if any(r.curated for r in rows) and self._scorer() not in rows:
                 rows = [self._scorer(), *rows]
+            starts = [cfg.row_named(r.start_from) for r in rows if r.start_from]
+            rows = [*(r for r in cfg.rows if r in starts and r not in rows), *rows]
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self.command = list(command) if command is not None else sys.argv
@@ -239,7 +241,7 @@ class Experiment:
             pending = [r for r in rows if self.finished(r, epochs) is None]
         self.epochs = epochs
         scorer = cfg.scorer
-        order = sorted(rows, key=lambda r: 0 if scorer and r.name == scorer.name else 1)
+        order = sorted(rows, key=lambda r: training_order(r, scorer))
         for row in order:
             rec = self.finished(row, epochs)
             if rec is not None:
@@ -413,6 +415,9 @@ class Experiment:
         s = dataclasses.replace(
             self.config.finetune_settings, epochs=epochs, p_real=row.p_real, device=self.device
         )
+        if row.start_from:  # its weights: the other row's model at the same budget
+            start = self.model_path(self.config.row_named(row.start_from))
+            s = dataclasses.replace(s, pretrained=str(start))
         lr = learning_rate if learning_rate is not None else self.learning_rate
         return s if lr is None else dataclasses.replace(s, learning_rate=lr)
 
@@ -625,6 +630,12 @@ class Experiment:
         return epochs
 
     def _run_row(self, row: Row, epochs: int) -> Iterator[ExperimentProgress]:
+        if row.start_from and self.finished(self.config.row_named(row.start_from), epochs) is None:
+            raise CellsynthInputError(
+                f"row {row.name!r} starts from row {row.start_from!r}, which has not finished "
+                f"at {epochs} epochs: run that row first (or without --only)",
+                self.config.source or self.config.name,
+            )
         yield from self._train(
             row,
             epochs,
@@ -820,6 +831,14 @@ def _ladder_state(walk: _Ladder) -> str:
     if walk.converged:
         return "converged"
     return "past its peak (doubling lowered SEG)" if walk.peaked else "NOT converged"
+
+
+def training_order(row: Row, scorer: Row | None) -> int:
+    """Rows train in this order: the curation scorer first, rows that start from another
+    row's model last (after the rows they start from)."""
+    if scorer is not None and row.name == scorer.name:
+        return 0
+    return 2 if row.start_from else 1
 
 
 def _finished_at(record: Path, model: Path, key: str) -> dict[str, Any] | None:
