@@ -19,6 +19,7 @@ from cellsynth.segment import (
     finetune,
     load_model,
     mixing_probabilities,
+    pretrain_path,
     read_log,
 )
 from conftest import disks, image_for, shared_data
@@ -129,6 +130,37 @@ def test_cancelling_keeps_the_last_weights_loadable(real_dir, tmp_path):
     load_model(tmp_path / "m", "cpu")
 
 
+def test_pretrain_epochs_train_on_synthetic_first_then_on_real_from_those_weights(
+    real_dir, synth_dir, tmp_path
+):
+    real, synth = read_dataset(real_dir).pairs, read_dataset(synth_dir).pairs
+    out = tmp_path / "m"
+    settings = FinetuneSettings(epochs=2, pretrain_epochs=1, nimg_per_epoch=4, **FAST)
+    progress = list(finetune(real, synth, out, settings))
+    first = pretrain_path(out)
+    assert first == tmp_path / "m_synthetic_pretrain" and first.is_file() and out.is_file()
+    # one run of 3 epochs: the progress never goes back, and is done only at the end
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and fractions[-1] == pytest.approx(1.0)
+    assert all(p.epochs == 3 for p in progress) and progress[-1].epoch == 3
+    assert [p.done for p in progress].count(True) <= 1 and not any(p.done for p in progress[:-1])
+    stage1, stage2 = read_log(first), read_log(out)
+    assert stage1["n_real"] == 0 and stage1["n_synthetic"] == len(synth)
+    assert stage2["n_real"] == len(real) and stage2["settings"]["pretrained"] == str(first)
+    # the second stage keeps the first stage's rate (not Cellpose's 1e-4 for fine-tuning)
+    assert stage2["learning_rate"] == stage1["learning_rate"] == pytest.approx(0.005)
+    assert stage2["pretrain"] == {"model": str(first), "epochs": 1, "n_synthetic": len(synth)}
+    # nothing is overwritten: the same output again is refused before any training
+    with pytest.raises(CellsynthInputError, match="exists"):
+        next(finetune(real, synth, tmp_path / "m", settings))
+    (tmp_path / "n_synthetic_pretrain").write_bytes(b"mine")
+    with pytest.raises(CellsynthInputError, match="exists"):
+        next(finetune(real, synth, tmp_path / "n", settings))
+    assert (tmp_path / "n_synthetic_pretrain").read_bytes() == b"mine"
+    with pytest.raises(CellsynthInputError, match="synthetic pairs"):
+        next(finetune(real, [], tmp_path / "o", settings))
+
+
 def test_cli_finetune_segment_evaluate_and_score(real_dir, synth_dir, tiny_model, tmp_path, capsys):
     out = tmp_path / "seg"
     assert (
@@ -165,7 +197,9 @@ def test_a_file_that_is_not_a_cellpose_model_is_refused(tmp_path):
         check_model_file(tmp_path / "missing")
 
 
-@pytest.mark.parametrize("case", ["unlabelled", "mismatch", "empty_synthetic", "bad_model"])
+@pytest.mark.parametrize(
+    "case", ["unlabelled", "mismatch", "empty_synthetic", "bad_model", "pretrain_alone"]
+)
 def test_cli_finetune_bad_input_is_one_line(real_dir, tmp_path, capsys, case):
     args = ["finetune", "--real", str(real_dir), "--epochs", "1", "-o", str(tmp_path / "m")]
     if case == "unlabelled":
@@ -184,11 +218,14 @@ def test_cli_finetune_bad_input_is_one_line(real_dir, tmp_path, capsys, case):
         (tmp_path / "empty").mkdir()
         args += ["--synthetic", str(tmp_path / "empty")]
         expected = "holds no images"
-    else:
+    elif case == "bad_model":
         bad = tmp_path / "x.pth"
         bad.write_bytes(b"junk")
         args += ["--pretrained", str(bad)]
         expected = "not a Cellpose model"
+    else:  # two stages without synthetic pairs to start with
+        args += ["--pretrain-epochs", "2"]
+        expected = "--pretrain-epochs trains on the synthetic pairs first"
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expected in err[0]

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from cellsynth.errors import CellsynthInputError
 from conftest import disks, image_for
 
 napari = pytest.importorskip("napari")
@@ -259,6 +260,29 @@ def test_learn_bad_input_is_one_notification(make_napari_viewer_proxy, notificat
     w.start_btn.clicked.emit()
     assert len(notifications.errors) == 1 and "choose an Image layer" in notifications.errors[0]
     assert w.job is None
+
+
+def test_finetune_pretrain_epochs_reach_the_job_and_need_a_synthetic_folder(
+    make_napari_viewer_proxy, tmp_path, notifications
+):
+    viewer = make_napari_viewer_proxy()
+    img, lab = _pair_layers(viewer, tmp_path)
+    w = open_widget(viewer, "Fine-tune")
+    assert w.pretrain_epochs.value == 0  # off unless asked for
+    w.image_pick.value, w.labels_pick.value = img, lab
+    w.output.value = tmp_path / "model"
+    w.pretrain_epochs.value = 3
+    w.start_btn.clicked.emit()  # no synthetic folder: one clear error, nothing started
+    assert len(notifications.errors) == 1 and "synthetic folder" in notifications.errors[0]
+    assert w.subprocess is None
+    w.synthetic.value = _dataset(tmp_path / "synthetic", seed=1, origin="synthetic")
+    spec = w._spec()
+    w._remove_tmp()
+    assert spec["settings"]["pretrain_epochs"] == 3 and spec["synthetic"]
+    (tmp_path / "model_synthetic_pretrain").write_bytes(b"mine")  # never overwritten
+    with pytest.raises(CellsynthInputError, match="first stage"):
+        w._spec()
+    assert (tmp_path / "model_synthetic_pretrain").read_bytes() == b"mine"
 
 
 def test_learn_into_a_used_folder_names_the_resume_button(

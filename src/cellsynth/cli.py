@@ -462,13 +462,14 @@ def cmd_finetune(args: argparse.Namespace) -> int:
         p_real=args.p_real,
         learning_rate=args.learning_rate,
         pretrained=str(args.pretrained) if args.pretrained else None,
+        pretrain_epochs=args.pretrain_epochs,
         device=args.device,
         seed=args.seed,
         nimg_per_epoch=args.images_per_epoch,
     )
     last = run_job(
         finetune(real, synthetic, args.output, settings, args.backend),
-        total=args.epochs,
+        total=args.pretrain_epochs + args.epochs,
         desc="fine-tuning",
         unit="epoch",
         update=lambda bar, p: _advance(bar, p.epochs if p.done else p.epoch, loss=f"{p.loss:.4f}"),
@@ -481,6 +482,7 @@ def cmd_finetune(args: argparse.Namespace) -> int:
                 {
                     "model": str(args.output),
                     "epochs": args.epochs,
+                    "pretrain_epochs": args.pretrain_epochs,
                     "final_loss": last.loss if last else None,
                     "seconds": round(last.elapsed, 1) if last else None,
                 }
@@ -1081,6 +1083,16 @@ def _finetune_parser(sub: Any) -> None:
         type=Path,
         default=None,
         help="start from this local Cellpose model file (default: from scratch)",
+    )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        help="first train this many epochs on the synthetic pairs alone (that model is kept as "
+        "OUTPUT_synthetic_pretrain), then --epochs on real (+ synthetic, by --p-real) from "
+        "those weights at the same learning rate (default 0: one stage). On GOWT1 at a "
+        "converged budget this beat real only by +0.014 SEG where mixing did not "
+        "(docs/results.md)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or mps")

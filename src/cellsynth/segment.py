@@ -11,6 +11,7 @@ and saves the current model.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from collections import deque
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cellsynth.errors import CellsynthInputError
-from cellsynth.io import Pair, count_cells
+from cellsynth.io import Pair, count_cells, write_json
 from cellsynth.segmenters import (
     DEFAULT_BACKEND,
     Segmenter,
@@ -54,6 +55,7 @@ __all__ = [
     "finetune_outputs",
     "load_model",
     "mixing_probabilities",
+    "pretrain_path",
     "read_log",
     "record_quality",
     "score_dataset",
@@ -197,12 +199,65 @@ def finetune(
     settings: FinetuneSettings | None = None,
     backend: str | None = None,
 ) -> Iterator[FinetuneProgress]:
-    """Train a segmenter (default Cellpose 3) on real (+ synthetic) pairs; write ``out``."""
+    """Train a segmenter (default Cellpose 3) on real (+ synthetic) pairs; write ``out``.
+
+    With ``settings.pretrain_epochs`` the training has two stages: the synthetic pairs alone
+    for that many epochs (their model is kept beside ``out``: :func:`pretrain_path`), then
+    ``settings.epochs`` on the real (+ synthetic) pairs starting from those weights, at the
+    same learning rate. Progress counts both stages as one run.
+    """
     settings = settings or FinetuneSettings()
     out = check_finetune_output(out, backend)
     if settings.epochs < 1:
         raise CellsynthInputError(f"--epochs must be >= 1, got {settings.epochs}")
-    yield from get_backend(backend).finetune(real, synthetic, out, settings)
+    pre = settings.pretrain_epochs
+    if pre < 0:
+        raise CellsynthInputError(f"--pretrain-epochs must be >= 0, got {pre}")
+    trainer = get_backend(backend)
+    if not pre:
+        yield from trainer.finetune(real, synthetic, out, settings)
+        return
+    if not synthetic:
+        raise CellsynthInputError(
+            "--pretrain-epochs trains on the synthetic pairs first: give synthetic pairs "
+            "(--synthetic), or set --pretrain-epochs 0"
+        )
+    stage = check_finetune_output(pretrain_path(out), backend)
+    total = pre + settings.epochs
+    first = dataclasses.replace(settings, epochs=pre, p_real=0.0, pretrain_epochs=0)
+    done = 0  # batches of the first stage
+    losses: list[float] = []
+    for p in trainer.finetune([], synthetic, stage, first):
+        done, losses = p.batches, p.epoch_losses
+        yield dataclasses.replace(
+            p, epochs=total, fraction=p.fraction * pre / total, done=False, model=None
+        )
+    lr = settings.learning_rate or read_log(stage).get("learning_rate")
+    second = dataclasses.replace(
+        settings, pretrained=str(stage), learning_rate=lr, pretrain_epochs=0
+    )
+    for p in trainer.finetune(real, synthetic, out, second):
+        yield dataclasses.replace(
+            p,
+            epoch=p.epoch + pre,
+            epochs=total,
+            batch=p.batch + done,
+            batches=p.batches + done,
+            fraction=(pre + p.fraction * settings.epochs) / total,
+            epoch_losses=losses + p.epoch_losses,
+        )
+    log_path = Path(str(out) + ".log.json")
+    if log_path.is_file():  # the second stage's log says where it started from
+        rec = json.loads(log_path.read_text())
+        rec["pretrain"] = {"model": str(stage), "epochs": pre, "n_synthetic": len(synthetic)}
+        write_json(log_path, rec)
+
+
+def pretrain_path(out: str | Path) -> Path:
+    """Where ``finetune`` with ``pretrain_epochs`` keeps the synthetic-only model of its first
+    stage: ``OUT_synthetic_pretrain`` beside ``OUT``."""
+    out = Path(out).expanduser()
+    return out.with_name(f"{out.name}_synthetic_pretrain")
 
 
 def finetune_outputs(out: str | Path, backend: str | None = None) -> list[Path]:

@@ -66,6 +66,14 @@ class FinetuneWidget(Container):
         defaults = FinetuneSettings()
         self.p_real = FloatSpinBox(label="p_real", value=defaults.p_real, min=0, max=1, step=0.05)
         self.epochs = SpinBox(label="epochs", value=defaults.epochs, min=1, max=100_000)
+        self.pretrain_epochs = SpinBox(
+            label="pretrain epochs", value=defaults.pretrain_epochs, min=0, max=100_000
+        )
+        self.pretrain_epochs.tooltip = (
+            "0: one stage. Else first this many epochs on the synthetic folder alone (that "
+            "model is kept as MODEL_synthetic_pretrain), then the epochs above on real "
+            "(+ synthetic, by p_real) from those weights"
+        )
         self.pretrained = folder_edit("start from", mode="r")
         self.pretrained.tooltip = "optional: a local Cellpose model file to fine-tune"
         self.device = ComboBox(label="device", choices=DEVICES, value="auto")
@@ -98,6 +106,7 @@ class FinetuneWidget(Container):
                 self.validation,
                 self.p_real,
                 self.epochs,
+                self.pretrain_epochs,
                 self.pretrained,
                 self.device,
                 self.threads,
@@ -129,6 +138,7 @@ class FinetuneWidget(Container):
 
     def _spec(self) -> dict[str, Any]:
         from cellsynth.jobs import finetune_spec
+        from cellsynth.segment import pretrain_path
 
         out = path_or_none(self.output)
         if out is None:
@@ -143,6 +153,16 @@ class FinetuneWidget(Container):
             self._tmp = layers_folder(pairs, "cellsynth-real-")
             real = [str(self._tmp / "data")]
         synthetic = [str(p) for p in [path_or_none(self.synthetic)] if p is not None]
+        if self.pretrain_epochs.value and not synthetic:
+            raise CellsynthInputError(
+                "pretrain epochs train on the synthetic folder first: choose one, or set "
+                "pretrain epochs to 0"
+            )
+        if self.pretrain_epochs.value and pretrain_path(out).exists():
+            raise CellsynthInputError(
+                "already exists (the first stage's model); choose a new model file name",
+                pretrain_path(out),
+            )
         pre = path_or_none(self.pretrained)
         return finetune_spec(
             self.backend.value,
@@ -151,6 +171,7 @@ class FinetuneWidget(Container):
             output=str(out),
             settings={
                 "epochs": int(self.epochs.value),
+                "pretrain_epochs": int(self.pretrain_epochs.value),
                 "p_real": float(self.p_real.value),
                 "pretrained": str(pre) if pre else None,
                 "device": str(self.device.value),

@@ -36,6 +36,9 @@ class FinetuneSettings:
     bsize: int = 224
     nimg_per_epoch: int | None = None  # None: 8 images or the number of images, if larger
     pretrained: str | None = None
+    # first this many epochs on the synthetic pairs alone, then ``epochs`` on real (+ synthetic)
+    # from those weights at the same learning rate (0: off); see segment.finetune
+    pretrain_epochs: int = 0
     device: str = "auto"
     seed: int = 0
     save_every: int = 10
