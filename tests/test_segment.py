@@ -161,6 +161,20 @@ def test_pretrain_epochs_train_on_synthetic_first_then_on_real_from_those_weight
         next(finetune(real, [], tmp_path / "o", settings))
 
 
+def test_stopping_during_the_pretraining_keeps_its_weights_and_writes_no_model(
+    real_dir, synth_dir, tmp_path
+):
+    real, synth = read_dataset(real_dir).pairs, read_dataset(synth_dir).pairs
+    out = tmp_path / "m"
+    settings = FinetuneSettings(epochs=3, pretrain_epochs=50, nimg_per_epoch=4, **FAST)
+    run = finetune(real, synth, out, settings)
+    first = next(run)
+    assert first.epochs == 53 and not first.done
+    run.close()  # what Cancel does
+    assert pretrain_path(out).is_file() and read_log(pretrain_path(out))["cancelled"]
+    assert not out.exists()
+
+
 def test_cli_finetune_segment_evaluate_and_score(real_dir, synth_dir, tiny_model, tmp_path, capsys):
     out = tmp_path / "seg"
     assert (

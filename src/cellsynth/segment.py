@@ -11,6 +11,7 @@ and saves the current model.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -227,25 +228,29 @@ def finetune(
     first = dataclasses.replace(settings, epochs=pre, p_real=0.0, pretrain_epochs=0)
     done = 0  # batches of the first stage
     losses: list[float] = []
-    for p in trainer.finetune([], synthetic, stage, first):
-        done, losses = p.batches, p.epoch_losses
-        yield dataclasses.replace(
-            p, epochs=total, fraction=p.fraction * pre / total, done=False, model=None
-        )
+    # closing: a consumer that stops (Cancel) stops the stage in progress, which then writes
+    # its last weights as a backend does when its own generator is closed
+    with contextlib.closing(trainer.finetune([], synthetic, stage, first)) as stage_one:
+        for p in stage_one:
+            done, losses = p.batches, p.epoch_losses
+            yield dataclasses.replace(
+                p, epochs=total, fraction=p.fraction * pre / total, done=False, model=None
+            )
     lr = settings.learning_rate or read_log(stage).get("learning_rate")
     second = dataclasses.replace(
         settings, pretrained=str(stage), learning_rate=lr, pretrain_epochs=0
     )
-    for p in trainer.finetune(real, synthetic, out, second):
-        yield dataclasses.replace(
-            p,
-            epoch=p.epoch + pre,
-            epochs=total,
-            batch=p.batch + done,
-            batches=p.batches + done,
-            fraction=(pre + p.fraction * settings.epochs) / total,
-            epoch_losses=losses + p.epoch_losses,
-        )
+    with contextlib.closing(trainer.finetune(real, synthetic, out, second)) as stage_two:
+        for p in stage_two:
+            yield dataclasses.replace(
+                p,
+                epoch=p.epoch + pre,
+                epochs=total,
+                batch=p.batch + done,
+                batches=p.batches + done,
+                fraction=(pre + p.fraction * settings.epochs) / total,
+                epoch_losses=losses + p.epoch_losses,
+            )
     log_path = Path(str(out) + ".log.json")
     if log_path.is_file():  # the second stage's log says where it started from
         rec = json.loads(log_path.read_text())
