@@ -236,7 +236,11 @@ def finetune(
             yield dataclasses.replace(
                 p, epochs=total, fraction=p.fraction * pre / total, done=False, model=None
             )
-    lr = settings.learning_rate or read_log(stage).get("learning_rate")
+    stage_log = Path(str(stage) + ".log.json")  # a backend may keep no log
+    first_log = json.loads(stage_log.read_text()) if stage_log.is_file() else {}
+    if first_log.get("cancelled"):  # stopped inside the backend: no second stage
+        return
+    lr = settings.learning_rate or first_log.get("learning_rate")
     second = dataclasses.replace(
         settings, pretrained=str(stage), learning_rate=lr, pretrain_epochs=0
     )
