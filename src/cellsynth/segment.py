@@ -236,8 +236,7 @@ def finetune(
             yield dataclasses.replace(
                 p, epochs=total, fraction=p.fraction * pre / total, done=False, model=None
             )
-    stage_log = Path(str(stage) + ".log.json")  # a backend may keep no log
-    first_log = json.loads(stage_log.read_text()) if stage_log.is_file() else {}
+    first_log = read_log(stage) if log_path(stage).is_file() else {}  # a backend may keep none
     if first_log.get("cancelled"):  # stopped inside the backend: no second stage
         return
     lr = settings.learning_rate or first_log.get("learning_rate")
@@ -255,11 +254,10 @@ def finetune(
                 fraction=(pre + p.fraction * settings.epochs) / total,
                 epoch_losses=losses + p.epoch_losses,
             )
-    log_path = Path(str(out) + ".log.json")
-    if log_path.is_file():  # the second stage's log says where it started from
-        rec = json.loads(log_path.read_text())
+    if log_path(out).is_file():  # the second stage's log says where it started from
+        rec = read_log(out)
         rec["pretrain"] = {"model": str(stage), "epochs": pre, "n_synthetic": len(synthetic)}
-        write_json(log_path, rec)
+        write_json(log_path(out), rec)
 
 
 def pretrain_path(out: str | Path) -> Path:
@@ -330,4 +328,9 @@ def record_quality(
 
 
 def read_log(model_path: str | Path) -> dict[str, Any]:
-    return json.loads(Path(str(model_path) + ".log.json").read_text())
+    return json.loads(log_path(model_path).read_text())
+
+
+def log_path(model_path: str | Path) -> Path:
+    """The training log ``finetune`` writes beside a model: ``MODEL.log.json``."""
+    return Path(str(model_path) + ".log.json")

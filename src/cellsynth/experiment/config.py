@@ -217,6 +217,13 @@ class ExperimentConfig:
         """The row called ``name`` (names are unique: :func:`config_from_dict` checks)."""
         return next(r for r in self.rows if r.name == name)
 
+    def with_prerequisites(self, rows: list[Row]) -> list[Row]:
+        """``rows`` and, before them, the rows they need trained first: the curation scorer of
+        curated rows and the rows their ``start_from`` names."""
+        need = [self.scorer] if any(r.curated for r in rows) and self.scorer else []
+        need += [self.row_named(r.start_from) for r in rows if r.start_from]
+        return [*(r for r in self.rows if r in need and r not in rows), *rows]
+
     @property
     def scorer(self) -> Row | None:
         """The row whose model scores the synthetic pairs for curated rows."""

@@ -63,12 +63,8 @@ def run_rows_in_parallel(
     if config.convergence_spec is not None and exp.convergence_decision() is None:
         yield from _ladder_in_parallel(exp, devices, env, poll_seconds)
         yield from exp.converge()  # decides from the rungs (trains nothing): rows read it
-    rows = [r for r in config.rows if not only or r.name in only]
+    rows = config.with_prerequisites([r for r in config.rows if not only or r.name in only])
     scorer = config.scorer if any(r.curated for r in rows) else None
-    if scorer is not None and scorer not in rows:
-        rows = [scorer, *rows]
-    starts = [config.row_named(r.start_from) for r in rows if r.start_from]
-    rows = [*(r for r in config.rows if r in starts and r not in rows), *rows]
     epochs = exp.epochs
     pending = sorted(
         (r for r in rows if exp.finished(r, epochs) is None),

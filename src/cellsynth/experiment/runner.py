@@ -213,11 +213,7 @@ class Experiment:
                     f"--only {unknown}: no such row (rows: {[r.name for r in rows]})",
                     cfg.source or cfg.name,
                 )
-            rows = [r for r in rows if r.name in only]
-            if any(r.curated for r in rows) and self._scorer() not in rows:
-                rows = [self._scorer(), *rows]
-            starts = [cfg.row_named(r.start_from) for r in rows if r.start_from]
-            rows = [*(r for r in cfg.rows if r in starts and r not in rows), *rows]
+            rows = cfg.with_prerequisites([r for r in rows if r.name in only])
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
         self.command = list(command) if command is not None else sys.argv
