@@ -141,6 +141,33 @@ def test_rerunning_keeps_finished_rows_and_a_changed_budget_retrains(finished, t
     assert any(p.name.startswith("real.old-") for p in (out / "models").iterdir())
 
 
+def test_a_config_extending_the_finished_one_keeps_its_rows(finished, tmp_path, capsys):
+    """A copy that only renames the experiment (``extends`` the finished config, from another
+    folder) means the same rows: the CLI keeps them instead of training again."""
+    import os
+
+    cfg, out = finished
+    child = tmp_path / "variants" / "tiny_renamed.json"
+    child.parent.mkdir()
+    child.write_text(
+        json.dumps({"description": "the same rows", "extends": os.path.relpath(cfg, child.parent)})
+    )
+    models = {p: p.stat().st_mtime_ns for p in (out / "models").glob("synthetic*")}
+    assert models
+    argv = ["experiment", str(child), "-o", str(out), "--only", "synthetic", "--device", "cpu"]
+    assert main(argv) == 0
+    assert {p: p.stat().st_mtime_ns for p in (out / "models").glob("synthetic*")} == models
+    written = sorted(out.glob("config-*.json"))[-1]  # the renamed config, next to the first
+    assert json.loads(written.read_text())["name"] == "tiny_renamed"
+    assert "extends" not in json.loads(written.read_text())  # written out in full
+    # a base that is not there is named, with the config that names it
+    child.write_text(json.dumps({"extends": "nowhere.json"}))
+    assert main(["experiment", str(child), "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "nowhere.json (named by tiny_renamed.json) not found" in err
+    assert "Traceback" not in err
+
+
 def test_paired_difference_over_the_same_cells():
     a = {"cell_jaccards": {"f1": [0.9, 0.8, 0.0], "f2": [0.7]}}
     b = {"cell_jaccards": {"f1": [0.8, 0.8, 0.5], "f2": [0.6]}}

@@ -112,3 +112,99 @@ def test_values_are_converted_to_the_settings_types():
     assert cfg.learn_settings.mask_widths == (8, 16, 16)  # tiny
     assert isinstance(cfg.synthesis_params.cluster_prob, float)
     assert cfg.finetune_settings.learning_rate == 1.0
+
+
+def _config_file(path: Path, d: dict) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(d))
+    return path
+
+
+BASE_CONFIG = {
+    "name": "base",
+    "description": "the base",
+    "data": "data",  # relative to the base file
+    "bundle": "bundles/b",
+    "train": ["a", "b"],
+    "test": ["c"],
+    "learn": {"mask_steps": 10, "texture_steps": 20},
+    "synthetic": {"n": 4, "size": [64, 64], "blur": 0.6},
+    "training": {"epochs": 100, "seed": 0, "learning_rate": 0.0025},
+    "convergence": {"row": "real", "start_epochs": 50},
+    "rows": [{"name": "real"}, {"name": "synthetic", "real": [], "synthetic": 4}],
+}
+
+
+def test_a_config_extends_another_with_what_differs(tmp_path):
+    """A second-seed config holds its seed and rows; sections merge key by key, paths stay the
+    base's, and the config (and its row keys) is the one written out in full."""
+    _config_file(tmp_path / "base" / "gowt1.json", BASE_CONFIG)
+    child = _config_file(
+        tmp_path / "seeds" / "gowt1_seed1.json",
+        {
+            "description": "seed 1",
+            "extends": "../base/gowt1.json",
+            "training": {"seed": 1},
+            "convergence": None,
+            "rows": [{"name": "real seed 1"}],
+        },
+    )
+    cfg = load_config(child)
+    assert cfg.name == "gowt1_seed1"  # its own (file) name, never the base's
+    assert cfg.description == "seed 1"
+    assert cfg.data == (tmp_path / "base" / "data").resolve()
+    assert cfg.bundle == (tmp_path / "base" / "bundles" / "b").resolve()
+    assert cfg.training == {"epochs": 100, "seed": 1, "learning_rate": 0.0025}
+    assert cfg.synthetic == BASE_CONFIG["synthetic"] and cfg.learn == BASE_CONFIG["learn"]
+    assert cfg.convergence == {}  # null drops the base's section
+    assert [r.name for r in cfg.rows] == ["real seed 1"]  # rows replace the base's
+    full = dict(BASE_CONFIG, name="gowt1_seed1", description="seed 1",
+                training={"epochs": 100, "seed": 1, "learning_rate": 0.0025},
+                rows=[{"name": "real seed 1"}])  # fmt: skip
+    full.pop("convergence")
+    written = load_config(_config_file(tmp_path / "base" / "gowt1_seed1.json", full))
+    assert cfg.to_dict() == written.to_dict()
+    k1, k2 = (RowKeys(c, lambda: [64, 64]) for c in (cfg, written))
+    assert k1.row(cfg.rows[0], 100) == k2.row(written.rows[0], 100)
+    # a chain: a config extending the seed-1 config keeps what each link set
+    grand = _config_file(
+        tmp_path / "seeds" / "gowt1_seed1_400.json",
+        {"extends": "gowt1_seed1.json", "training": {"epochs": 400}, "data": "/elsewhere"},
+    )
+    g = load_config(grand)
+    assert g.training == {"epochs": 400, "seed": 1, "learning_rate": 0.0025}
+    assert g.data == Path("/elsewhere") and g.description == "seed 1"
+
+
+def test_shipped_configs_that_extend_another_name_an_existing_base():
+    extending = [
+        p for p in (ROOT / "experiments").glob("*.json") if "extends" in json.loads(p.read_text())
+    ]
+    assert extending, "no shipped config uses 'extends'"
+    for p in extending:
+        base = ROOT / "experiments" / json.loads(p.read_text())["extends"]
+        assert base.is_file(), p
+        assert load_config(p).data == load_config(base).data
+
+
+@pytest.mark.parametrize(
+    ("extends", "message"),
+    [
+        ("missing.json", r"'extends': .*missing\.json \(named by child\.json\) not found"),
+        ("child.json", r"'extends' loops: child\.json -> child\.json"),
+        ("loop.json", r"'extends' loops: child\.json -> loop\.json -> child\.json"),
+        (3, r"'extends' must be the path of another config, got 3"),
+        ("broken.json", r"not a valid JSON file"),
+    ],
+)
+def test_a_bad_extends_is_named(tmp_path, extends, message):
+    from cellsynth.errors import CellsynthInputError
+
+    child = _config_file(tmp_path / "child.json", {"extends": extends, "rows": []})
+    _config_file(tmp_path / "loop.json", dict(BASE_CONFIG, extends="child.json"))
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(CellsynthInputError, match=message) as err:
+        load_config(child)
+    assert err.value.path in (child, tmp_path / "broken.json")
+    with pytest.raises(CellsynthInputError, match="resolved when a config is read from a file"):
+        config_from_dict(dict(BASE_CONFIG, extends="x.json"))

@@ -38,6 +38,7 @@ from cellsynth.experiment.config import (
     Row,
     config_from_dict,
     load_config,
+    read_config_dict,
     section_defaults,
 )
 from cellsynth.experiment.keys import RowKeys
@@ -67,6 +68,7 @@ __all__ = [
     "load_config",
     "machine_info",
     "paired_difference",
+    "read_config_dict",
     "results_markdown",
     "row_devices",
     "run_experiment",

@@ -33,6 +33,11 @@ CONFIG_KEYS = {
     "name", "description", "data", "train", "test", "bundle", "learn", "synthetic", "training",
     "curation", "rows", "voxel_size", "convergence", "evaluation",
 }  # fmt: skip
+#: sections a config that ``extends`` another merges key by key into the other's (the other
+#: keys, ``rows`` included, replace the other's; ``name`` is never inherited)
+MERGED_SECTIONS = ("learn", "synthetic", "training", "curation", "convergence", "evaluation")
+#: keys holding paths, which resolve against the directory of the file that writes them
+PATH_KEYS = ("data", "bundle")
 ROW_KEYS = {"name", "real", "synthetic", "p_real", "curated", "rho", "start_from", "note"}
 CURATION_KEYS = {"score_with"}
 CONVERGENCE_KEYS = {"row", "start_epochs", "max_epochs", "tolerance", "learning_rates"}
@@ -384,21 +389,79 @@ def _check_keys(d: Any, allowed: set[str], where: str, path: Path) -> dict[str, 
 
 
 def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and check an experiment config; relative paths are relative to the config file."""
+    """Read and check an experiment config; relative paths are relative to the config file.
+
+    A config may name another in ``extends`` (a path relative to it): it then holds only
+    what differs (:func:`read_config_dict`).
+    """
     path = Path(path)
+    return config_from_dict(read_config_dict(path), base=path.parent, source=path)
+
+
+def read_config_dict(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The config at ``path`` as one JSON object, the configs it ``extends`` merged in.
+
+    ``"extends": "other.json"`` takes everything from ``other.json`` (itself read this way)
+    but what this file writes: the sections of :data:`MERGED_SECTIONS` merge key by key (a
+    section written ``null`` drops the other's), every other key replaces the other's
+    (``rows`` whole), and ``name`` is never inherited (it is this file's, or its file name).
+    The other's relative ``data`` and ``bundle`` stay relative to the other file. The result
+    is what the runner writes as the run's ``config.json``, so rows keep their keys whether
+    a config is written out in full or as the difference to another.
+    """
+    path = Path(path)
+    where = _chain[0] if _chain else path
     if not path.is_file():
+        if _chain:
+            raise CellsynthInputError(
+                f"'extends': {path} (named by {_chain[-1].name}) not found", where
+            )
         raise CellsynthInputError("experiment config not found", path)
     try:
         raw = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CellsynthInputError(f"not a valid JSON file ({exc})", path) from exc
-    return config_from_dict(raw, base=path.parent, source=path)
+    if not isinstance(raw, dict):
+        raise CellsynthInputError("the config must be a JSON object", path)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise CellsynthInputError(
+            f"'extends' must be the path of another config, got {json.dumps(parent)}", path
+        )
+    chain = (*_chain, path)
+    other = Path(os.path.expanduser(parent))
+    other = other if other.is_absolute() else path.parent / other
+    if other.resolve() in {p.resolve() for p in chain}:
+        loop = " -> ".join(p.name for p in (*chain, other))
+        raise CellsynthInputError(f"'extends' loops: {loop}", where)
+    base = read_config_dict(other, chain)
+    for key in PATH_KEYS:  # the other's paths are relative to the other file
+        if isinstance(base.get(key), str):
+            q = Path(os.path.expanduser(base[key]))
+            base[key] = str(q if q.is_absolute() else (other.parent / q).resolve())
+    merged = {k: v for k, v in base.items() if k != "name"}
+    for key, value in raw.items():
+        if key in MERGED_SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        elif key in MERGED_SECTIONS and value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = value
+    return merged
 
 
 def config_from_dict(
     raw: dict[str, Any], *, base: Path = Path("."), source: Path | None = None
 ) -> ExperimentConfig:
     where = source or Path("<config>")
+    if isinstance(raw, dict) and "extends" in raw:
+        raise CellsynthInputError(
+            "'extends' is resolved when a config is read from a file (load_config, "
+            "read_config_dict), not in a dict",
+            where,
+        )
     _check_keys(raw, CONFIG_KEYS, "the config", where)
     for key in ("data", "train", "test", "rows"):
         if key not in raw:
