@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cellsynth.errors import CellsynthInputError
 from cellsynth.experiment import RowKeys, config_from_dict, load_config
 from cellsynth.learn import LearnSettings
 from cellsynth.learn3d import Learn3DSettings
@@ -103,7 +104,7 @@ def test_values_are_converted_to_the_settings_types():
         frames
         | {
             "learn": {"voxel_size": [2, 1, 1], "3d": True, "tiny": True},
-            "synthetic": {"cluster_prob": 0},
+            "synthetic": {"cluster_prob": 0, "density_factor": 4},
             "training": {"learning_rate": 1},
         }
     )
@@ -111,6 +112,9 @@ def test_values_are_converted_to_the_settings_types():
     assert cfg.learn_3d_settings.calibration_side == 32  # tiny
     assert cfg.learn_settings.mask_widths == (8, 16, 16)  # tiny
     assert isinstance(cfg.synthesis_params.cluster_prob, float)
+    assert cfg.synthesis_params.density_factor == 4.0  # denser frames than the training ones
+    with pytest.raises(CellsynthInputError, match=r"'density_factor' must be a number in"):
+        config_from_dict(frames | {"synthetic": {"density_factor": 0}})
     assert cfg.finetune_settings.learning_rate == 1.0
 
 
@@ -198,8 +202,6 @@ def test_shipped_configs_that_extend_another_name_an_existing_base():
     ],
 )
 def test_a_bad_extends_is_named(tmp_path, extends, message):
-    from cellsynth.errors import CellsynthInputError
-
     child = _config_file(tmp_path / "child.json", {"extends": extends, "rows": []})
     _config_file(tmp_path / "loop.json", dict(BASE_CONFIG, extends="child.json"))
     (tmp_path / "broken.json").write_text("{")

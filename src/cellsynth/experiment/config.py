@@ -71,6 +71,7 @@ SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
                 "exemplar_strength",
                 "blur",
                 "edge_blur",
+                "density_factor",
             ),
         ),
     ),
@@ -310,7 +311,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
         "n": (_INT, 0, None), "seed": (_INT, None, None), "steps": (_INT, 1, 1000),
         "cluster_prob": (_NUM, 0, 1), "brightness": (_STR, None, None),
         "exemplar_strength": (_NUM, 0.01, 1), "blur": (_NUM, 0, 10),
-        "edge_blur": (_NUM, 0, 10),
+        "edge_blur": (_NUM, 0, 10), "density_factor": (_NUM, 0.05, 20),
     },
     "training": {
         "epochs": (_INT, 1, None), "nimg_per_epoch": (_INT, 1, None), "seed": (_INT, None, None),
