@@ -389,6 +389,12 @@ def _check_keys(d: Any, allowed: set[str], where: str, path: Path) -> dict[str, 
     return d
 
 
+def _resolve(p: str, base: Path) -> Path:
+    """``p`` (``~`` expanded) as written when absolute, else relative to ``base``, resolved."""
+    q = Path(os.path.expanduser(p))
+    return q if q.is_absolute() else (base / q).resolve()
+
+
 def load_config(path: str | Path) -> ExperimentConfig:
     """Read and check an experiment config; relative paths are relative to the config file.
 
@@ -432,16 +438,14 @@ def read_config_dict(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[st
             f"'extends' must be the path of another config, got {json.dumps(parent)}", path
         )
     chain = (*_chain, path)
-    other = Path(os.path.expanduser(parent))
-    other = other if other.is_absolute() else path.parent / other
+    other = _resolve(parent, path.parent)
     if other.resolve() in {p.resolve() for p in chain}:
         loop = " -> ".join(p.name for p in (*chain, other))
         raise CellsynthInputError(f"'extends' loops: {loop}", where)
     base = read_config_dict(other, chain)
     for key in PATH_KEYS:  # the other's paths are relative to the other file
         if isinstance(base.get(key), str):
-            q = Path(os.path.expanduser(base[key]))
-            base[key] = str(q if q.is_absolute() else (other.parent / q).resolve())
+            base[key] = str(_resolve(base[key], other.parent))
     merged = {k: v for k, v in base.items() if k != "name"}
     for key, value in raw.items():
         if key in MERGED_SECTIONS and isinstance(value, dict) and isinstance(merged.get(key), dict):
@@ -467,10 +471,6 @@ def config_from_dict(
     for key in ("data", "train", "test", "rows"):
         if key not in raw:
             raise CellsynthInputError(f"the config needs {key!r}", where)
-
-    def resolve(p: str) -> Path:
-        q = Path(os.path.expanduser(p))
-        return q if q.is_absolute() else (base / q).resolve()
 
     sections = {
         s: _check_keys(raw.get(s) or {}, section_keys(s), f"'{s}'", where)
@@ -530,11 +530,11 @@ def config_from_dict(
     cfg = ExperimentConfig(
         name=str(raw.get("name") or (source.stem if source else "experiment")),
         description=str(raw.get("description", "")),
-        data=resolve(raw["data"]),
+        data=_resolve(raw["data"], base),
         train=train,
         test=test,
         rows=rows,
-        bundle=resolve(raw["bundle"]) if raw.get("bundle") else None,
+        bundle=_resolve(raw["bundle"], base) if raw.get("bundle") else None,
         learn=learn,
         synthetic=synthetic,
         training=sections["training"],
