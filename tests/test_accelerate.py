@@ -54,8 +54,16 @@ def launch(args, processes=1):
         ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.returncode == 0, _failure(done.stderr)
     return done
+
+
+def _failure(stderr: str) -> str:
+    """What a failed launch said: the lines naming an error anywhere (a process's own message,
+    e.g. gloo's before an abort, sits above the launcher's summary), then the last lines."""
+    words = ("terminate called", "what()", "Error", "error:", "gloo", "Signal", "Traceback")
+    flagged = [line for line in stderr.splitlines() if any(w in line for w in words)]
+    return "\n".join(flagged[:60]) + "\n--- last lines ---\n" + stderr[-3000:]
 
 
 def _learn(out, mask, texture, *, processes=1, resume=False):

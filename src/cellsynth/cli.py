@@ -358,6 +358,20 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0") or 0) == 0
 
 
+def leave_process_group() -> None:
+    """Under ``accelerate launch`` (several processes): wait until every process is done, then
+    close the process group. Without it a process that finishes first (process 0 still writing
+    the bundle, or the others while process 0 does) may exit while its peers still hold open
+    connections to it, and gloo aborts the process left behind (SIGABRT, seen once under load)."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def cmd_synthesize(args: argparse.Namespace) -> int:
     from cellsynth.synthesize import synthesize
 
@@ -1206,7 +1220,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from cellsynth.device import configure_threads
 
         configure_threads(args.threads)
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        leave_process_group()
+        return code
     except KeyboardInterrupt as exc:  # an Interrupted job says what it kept
         if is_main_process():
             kept = f": {exc}" if str(exc) else ""
