@@ -363,7 +363,9 @@ def leave_process_group() -> None:
     close the process group. Without it a process that finishes first (process 0 still writing
     the bundle, or the others while process 0 does) may exit while its peers still hold open
     connections to it, and gloo aborts the process left behind (SIGABRT, seen once under load)."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    from cellsynth.device import launched_processes
+
+    if launched_processes() <= 1:
         return
     import torch.distributed as dist
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from typing import Any
 
@@ -11,6 +12,12 @@ import numpy as np
 from cellsynth.errors import CellsynthInputError
 
 log = logging.getLogger(__name__)
+
+
+def launched_processes() -> int:
+    """How many processes ``accelerate launch`` (or torchrun) started for this job: its
+    ``WORLD_SIZE``, 1 when run alone."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
 def select_device(name: str | Any = "auto") -> Any:

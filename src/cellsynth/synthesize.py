@@ -26,7 +26,7 @@ import torch
 
 from cellsynth import exemplars
 from cellsynth.bundle import MAX_BLUR, GeneratorBundle
-from cellsynth.device import seeded, select_device
+from cellsynth.device import launched_processes, seeded, select_device
 from cellsynth.errors import CellsynthInputError
 from cellsynth.io import DatasetWriter
 from cellsynth.masks import (
@@ -734,7 +734,7 @@ def process_share(n: int, device: str | Any = "auto") -> tuple[list[int], Any]:
     contiguous block per process, process 0 first (``PartialState.split_between_processes``);
     on the CPU (``device`` resolves to it) the processes meet over gloo, as in training.
     """
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+    if launched_processes() <= 1:
         return list(range(n)), None
     from datetime import timedelta
 
