@@ -103,6 +103,27 @@ def test_finetuned_model_loads_in_plain_cellpose_and_segments(tiny_model, real_d
     assert labels.diam_labels == pytest.approx(m.diam_labels)
 
 
+def test_training_seed_fixes_the_initial_weights_whatever_ran_before(real_dir, tmp_path):
+    """Two runs with one seed start from the same weights even when something else drew from
+    torch's generator in between (a previous row, a bundle); another seed starts elsewhere.
+    Cellpose's first epochs have a learning rate of 0, so the first epoch's loss is the
+    initial weights' loss on the same crops."""
+    import torch
+
+    real = read_dataset(real_dir).pairs
+
+    def first_loss(name, seed, draws):
+        torch.rand(draws)  # whatever came before in the process
+        settings = FinetuneSettings(epochs=1, nimg_per_epoch=4, seed=seed, **FAST)
+        for _ in finetune(real, [], tmp_path / name, settings):
+            pass
+        return read_log(tmp_path / name)["batch_losses"][0]
+
+    a, b, other = first_loss("a", 0, 3), first_loss("b", 0, 1000), first_loss("c", 1, 3)
+    assert a == pytest.approx(b, rel=1e-6)
+    assert abs(a - other) > 1e-4
+
+
 def test_progress_reports_every_batch(real_dir, tmp_path):
     reports = list(
         finetune(

@@ -40,7 +40,7 @@ class FinetuneSettings:
     # from those weights at the same learning rate (0: off); see segment.finetune
     pretrain_epochs: int = 0
     device: str = "auto"
-    seed: int = 0
+    seed: int = 0  # an untrained network's initial weights (Cellpose draws the crops itself)
     save_every: int = 10
     min_train_masks: int = 1
 

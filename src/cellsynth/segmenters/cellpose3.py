@@ -275,7 +275,12 @@ def _finetune(
     if nimg == n and s_imgs and r_imgs:
         nimg = n + 1  # Cellpose uses its probabilities only when nimg_per_epoch != n
     lr = settings.learning_rate or (1e-4 if settings.pretrained else 0.005)
-    model = cls.load(settings.pretrained, settings.device)
+    # The seed fixes an untrained network's initial weights, whatever drew from torch's generator
+    # before (a previous row, a bundle); Cellpose itself reseeds numpy with the epoch number, so
+    # the crops and augmentations are the same for every seed.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        model = cls.load(settings.pretrained, settings.device)
     net = model.net
     out.parent.mkdir(parents=True, exist_ok=True)
     work = _work_folder(out)
