@@ -104,7 +104,7 @@ def test_values_are_converted_to_the_settings_types():
         frames
         | {
             "learn": {"voxel_size": [2, 1, 1], "3d": True, "tiny": True},
-            "synthetic": {"cluster_prob": 0, "density_factor": 4},
+            "synthetic": {"cluster_prob": 0, "density_factor": 4, "touching": 0.1},
             "training": {"learning_rate": 1},
         }
     )
@@ -113,6 +113,9 @@ def test_values_are_converted_to_the_settings_types():
     assert cfg.learn_settings.mask_widths == (8, 16, 16)  # tiny
     assert isinstance(cfg.synthesis_params.cluster_prob, float)
     assert cfg.synthesis_params.density_factor == 4.0  # denser frames than the training ones
+    assert cfg.synthesis_params.touching == 0.1  # more touching nuclei than the training frames
+    with pytest.raises(CellsynthInputError, match=r"'touching' must be a number in"):
+        config_from_dict(frames | {"synthetic": {"touching": 2}})
     with pytest.raises(CellsynthInputError, match=r"'density_factor' must be a number in"):
         config_from_dict(frames | {"synthetic": {"density_factor": 0}})
     assert cfg.finetune_settings.learning_rate == 1.0
