@@ -154,6 +154,23 @@ def test_brightness_condition_changes_what_is_painted(bundle):
         painted()
 
 
+def test_sisters_of_a_division_share_one_brightness(bundle):
+    """Cells drawn from two brightness levels (200, 1000): drawn independently, about half of
+    the sister pairs would differ; each pair's second sister takes the first's brightness."""
+    synth = Synthesizer(bundle, device="cpu")
+    lab = np.arange(1, 41, dtype=np.uint16).reshape(5, 8)
+    sisters = np.zeros(40, np.int64)
+    for a in range(1, 40, 2):  # labels 1-2, 3-4, ... are sisters
+        sisters[a - 1], sisters[a] = a + 1, a
+    for seed in range(3):
+        params = SynthesisParams(seed=seed)
+        alone, _, _ = synth.drawn_brightness(lab, params)
+        shared, _, _ = synth.drawn_brightness(lab, params, sisters)
+        assert np.any(alone[1::2] != alone[2::2])
+        np.testing.assert_array_equal(shared[1::2], shared[2::2])
+        np.testing.assert_array_equal(shared[1::2], alone[1::2])  # the first sister's
+
+
 def test_widened_model_paints_exactly_as_its_source_until_trained():
     """--init-from a bundle without the brightness channel: the new channel starts at zero, so
     the continued model is the old one whatever brightness it is told."""

@@ -104,7 +104,12 @@ def test_values_are_converted_to_the_settings_types():
         frames
         | {
             "learn": {"voxel_size": [2, 1, 1], "3d": True, "tiny": True},
-            "synthetic": {"cluster_prob": 0, "density_factor": 4, "touching": 0.1},
+            "synthetic": {
+                "cluster_prob": 0,
+                "density_factor": 4,
+                "touching": 0.1,
+                "divisions": 0.5,
+            },
             "training": {"learning_rate": 1},
         }
     )
@@ -116,6 +121,9 @@ def test_values_are_converted_to_the_settings_types():
     assert cfg.synthesis_params.touching == 0.1  # more touching nuclei than the training frames
     with pytest.raises(CellsynthInputError, match=r"'touching' must be a number in"):
         config_from_dict(frames | {"synthetic": {"touching": 2}})
+    assert cfg.synthesis_params.divisions == 0.5  # dividing cells the training frame lacks
+    with pytest.raises(CellsynthInputError, match=r"'divisions' must be a number in"):
+        config_from_dict(frames | {"synthetic": {"divisions": -0.1}})
     with pytest.raises(CellsynthInputError, match=r"'density_factor' must be a number in"):
         config_from_dict(frames | {"synthetic": {"density_factor": 0}})
     assert cfg.finetune_settings.learning_rate == 1.0

@@ -266,6 +266,30 @@ def test_cli_synthesize_writes_a_dataset_folder_with_its_parameters(tiny_bundle,
     assert meta["origin"] == "synthetic"
 
 
+def test_cli_synthesize_divisions_draws_touching_sisters(tiny_bundle, tmp_path):
+    """--divisions 1: every cell a daughter of a division, drawn beside her sister (same
+    shape turned by 180 degrees); the default draws none."""
+    from cellsynth.metrics import touching_pairs
+
+    def pairs(out, *extra):
+        args = ["-n", "1", "--size", "128", "128", "--cells", "8", "--steps", "2"]
+        argv = ["synthesize", "--bundle", str(tiny_bundle), "-o", str(out), *args, *extra]
+        assert main([*argv, "--touching", "0", "--device", "cpu"]) == 0
+        lab = read_dataset(out, require_labels=True).pairs[0].labels
+        return lab, touching_pairs(lab, 1.0)
+
+    lab, touching = pairs(tmp_path / "div", "--divisions", "1")
+    assert len(touching) == 4
+    for a, b in touching:
+        sa, sb = (np.argwhere(lab == v) for v in (a, b))
+        assert abs(len(sa) - len(sb)) <= 0.1 * len(sa)  # sisters: one size
+    rec = next(
+        iter(json.loads((tmp_path / "div" / "dataset.json").read_text())["samples"].values())
+    )
+    assert rec["divisions"] == 1.0
+    assert len(pairs(tmp_path / "none")[1]) == 0
+
+
 def test_cli_learn_with_a_time_budget(train_folder, tmp_path, capsys):
     out = tmp_path / "b"
     assert (
@@ -294,6 +318,7 @@ def test_cli_learn_with_a_time_budget(train_folder, tmp_path, capsys):
         (["--size", "64"], "needs H W"),
         (["--cluster-prob", "2"], "between 0 and 1"),
         (["--steps", "0"], "must be >= 1"),
+        (["--divisions", "1.5"], "--divisions must be between 0 and 1"),
     ],
 )
 def test_cli_synthesize_bad_parameters(tiny_bundle, tmp_path, capsys, args, message):

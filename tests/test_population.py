@@ -292,3 +292,61 @@ def test_fit_clustering_needs_cells_to_fit():
     two = np.zeros((64, 64), np.uint16)
     two[10:20, 10:20], two[40:50, 40:50] = 1, 2
     assert fit_clustering([two]) is None  # two whole cells, two distances
+
+
+def _ellipse(a: int, b: int) -> np.ndarray:
+    y, x = np.mgrid[-a : a + 1, -b : b + 1]
+    return (y / a) ** 2 + (x / b) ** 2 <= 1.0
+
+
+def test_divide_turns_a_fraction_into_mirrored_sister_pairs_of_two_thirds_the_area():
+    from cellsynth.population import DAUGHTER_AREA, divide
+
+    # lopsided masks: an ellipse with a bite out of one side, so a turn shows
+    masks = []
+    for a in range(10, 30):
+        m = _ellipse(a, a // 2 + 4)
+        m[: a // 2, : a // 3] = False
+        masks.append(m)
+    out, pairs = divide(masks, 1.0, np.random.default_rng(0))
+    assert len(out) == len(masks)  # as many cells as before
+    assert len(pairs) == len(masks) // 2  # every cell a daughter
+    assert len({k for p in pairs for k in p}) == 2 * len(pairs)
+    areas = {i: int(m.sum()) for i, m in enumerate(masks)}
+    for i, j in pairs:
+        np.testing.assert_array_equal(out[j], out[i][::-1, ::-1])  # turned by 180 degrees
+        assert abs(out[i].sum() / areas[i] - DAUGHTER_AREA) < 0.08
+    # a fraction of them, drawn, and none at all without drawing a random number
+    some = [len(divide(masks, 0.3, np.random.default_rng(s))[1]) for s in range(40)]
+    assert abs(np.mean(some) * 2 / len(masks) - 0.3) < 0.06
+    rng = np.random.default_rng(5)
+    same, none = divide(masks, 0.0, rng)
+    assert none == [] and all(np.array_equal(a, b) for a, b in zip(same, masks, strict=True))
+    assert rng.random() == np.random.default_rng(5).random()
+    with pytest.raises(CellsynthInputError, match="division fraction"):
+        divide(masks, 1.5, rng)
+
+
+def test_sisters_are_placed_touching_each_other_and_nothing_else():
+    from cellsynth.population import divide
+
+    ring = np.ones((3, 3), bool)
+    rng = np.random.default_rng(2)
+    masks, pairs = divide([_ellipse(9, 6)] * 24, 0.5, rng)
+    assert len(pairs) >= 3
+    pop = place_cells(masks, (300, 300), cluster_prob=0.0, rng=rng, pairs=pairs)
+    lab, sister = pop.labels, pop.table["sister"]
+    assert pop.n_cells == 24
+    assert (sister > 0).sum() == 2 * len(pairs)  # every pair met
+    for i in range(1, pop.n_cells + 1):
+        met = set(np.unique(lab[ndimage.binary_dilation(lab == i, ring)])) - {0, i}
+        s = int(sister[i - 1])
+        assert met == ({s} if s else set())  # a sister touches hers only; others touch none
+        if s:
+            assert sister[s - 1] == i and pop.table["touching"][i - 1]
+    plain = place_cells(masks, (300, 300), rng=np.random.default_rng(0))
+    assert not plain.table["sister"].any()
+    with pytest.raises(CellsynthInputError, match="must not share a cell"):
+        place_cells(masks, (300, 300), rng=rng, pairs=[(0, 1), (1, 2)])
+    with pytest.raises(CellsynthInputError, match="beyond"):
+        place_cells(masks, (300, 300), rng=rng, pairs=[(0, 99)])

@@ -339,6 +339,7 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         cells=args.cells,
         cluster_prob=args.cluster_prob,
         touching=args.touching,
+        divisions=getattr(args, "divisions", 0.0),
         density_factor=args.density_factor,
         steps=args.steps,
         seed=args.seed,
@@ -929,6 +930,14 @@ def _synthesize_parser(sub: Any) -> None:
             default=None,
             help="fraction of cells touching another (default: the training data's, where the "
             "bundle records it)",
+        )
+        p.add_argument(
+            "--divisions",
+            type=float,
+            default=0.0,
+            help="fraction of cells drawn as daughters of a recent division: touching pairs of "
+            "sisters of one size, shape and brightness, each with two thirds of a cell's area "
+            "(default 0)",
         )
         p.add_argument(
             "--density-factor",

@@ -66,6 +66,7 @@ def place_cells(
     edge_cut: float | None = None,
     min_pixels: int = MIN_CUT_PIXELS,
     z_centres: np.ndarray | None = None,
+    pairs: Sequence[tuple[int, int]] = (),
 ) -> Population:
     """Place ``masks`` (boolean arrays of the canvas' dimensionality) on a canvas of ``shape``.
 
@@ -86,6 +87,10 @@ def place_cells(
     heights, give or take half a slice, instead of anywhere in the stack: the heights at which
     the training cells are widest (adherent cells sit on the coverslip); clustered and
     touching cells take their partner's height.
+
+    ``pairs`` are sisters, ``(i, j)`` indices of ``masks`` (:func:`divide`): ``j`` is placed
+    right after ``i``, touching it (``max_tries`` contacts are tried), else like any other cell.
+    The table's ``sister`` column holds each cell's sister's label when the two touch, else 0.
     """
     from scipy import ndimage
 
@@ -102,7 +107,8 @@ def place_cells(
     centres: list[np.ndarray] = []
     halves: list[np.ndarray] = []
     shown: list[bool] = []  # at least half of the cell is on the canvas
-    rows: dict[str, list] = {"label": [], "clustered": [], "touching": [], "area": []}
+    rows: dict[str, list] = {"label": [], "clustered": [], "touching": [], "sister": [], "area": []}
+    placed_as: dict[int, int] = {}  # mask index -> label
     for a in "zyx"[-nd:]:
         rows[f"centroid_{a}"] = []
     struct = ndimage.generate_binary_structure(nd, 1)
@@ -111,8 +117,9 @@ def place_cells(
     if edge_cut is not None and not 0.0 <= edge_cut <= 1.0:
         raise CellsynthInputError(f"edge cut probability must be in [0, 1], got {edge_cut}")
 
-    def _add(m, grown, half, centre, corner, *, clustered=False, touch=False) -> None:
+    def _add(i, m, grown, half, centre, corner, *, clustered=False, touch=False, sister=0):
         lab = len(rows["label"]) + 1
+        placed_as[i] = lab
         area = _paste(labels, m, corner, lab)
         _paste(occupied, grown, corner - gap, True)
         centres.append(centre)
@@ -121,19 +128,32 @@ def place_cells(
         rows["label"].append(lab)
         rows["clustered"].append(clustered)
         rows["touching"].append(touch)
+        rows["sister"].append(sister)
         rows["area"].append(area)
         for a, c in zip("zyx"[-nd:], centre, strict=True):
             rows[f"centroid_{a}"].append(float(c))
 
-    # big cells first: they are the hardest to fit
-    order = sorted(range(len(masks)), key=lambda i: -int(np.count_nonzero(masks[i])))
+    # big cells first: they are the hardest to fit; a second sister right after the first
+    second = {int(j): int(i) for i, j in pairs}
+    after = {i: j for j, i in second.items()}
+    if len(second) != len(pairs) or set(second) & set(after):
+        raise CellsynthInputError(f"sister pairs must not share a cell: {list(pairs)}")
+    if any(not 0 <= k < len(masks) for k in (*second, *after)):
+        raise CellsynthInputError(f"sister pairs name cells beyond the {len(masks)} masks")
+    order = []
+    for i in sorted(
+        (k for k in range(len(masks)) if k not in second),
+        key=lambda k: -int(np.count_nonzero(masks[k])),
+    ):
+        order += [i, after[i]] if i in after else [i]
     for i in order:
         m = np.asarray(masks[i], bool)
         if m.ndim != nd:
             raise CellsynthInputError(f"cell mask has {m.ndim} dimensions, canvas has {nd}")
         half = np.array(m.shape) / 2.0
         grown = ndimage.binary_dilation(np.pad(m, gap), struct, iterations=gap) if gap else m
-        touch = bool(centres) and touch_prob > 0 and rng.random() < touch_prob
+        sister = placed_as.get(second.get(i, -1), 0)  # its sister's label, once placed
+        touch = sister > 0 or (bool(centres) and touch_prob > 0 and rng.random() < touch_prob)
         # a field of view: this cell may overhang the edge (else it lies wholly inside)
         inside = min_inside
         overhang = False
@@ -155,10 +175,10 @@ def place_cells(
                 m,
                 centres,
                 halves,
-                lonely or range(len(centres)),
+                [sister - 1] if sister else (lonely or range(len(centres))),
                 free_axes,
                 rng,
-                max_tries // 2,
+                max_tries if sister else max_tries // 2,
                 inside,
                 min_pixels,
             )
@@ -166,7 +186,9 @@ def place_cells(
             centre, partner = contact
             corner = np.rint(centre - half).astype(int)
             rows["touching"][partner] = True
-            _add(m, grown, half, centre, corner, touch=True)
+            if sister:
+                rows["sister"][partner] = len(rows["label"]) + 1
+            _add(i, m, grown, half, centre, corner, touch=True, sister=sister)
             continue
         for attempt in range(max_tries):
             if clustered and attempt >= max_tries // 2:
@@ -192,13 +214,53 @@ def place_cells(
                     centre[0] = float(rng.choice(z_centres)) + rng.uniform(-0.5, 0.5)
             corner = np.rint(centre - half).astype(int)
             if _fits(occupied, grown, corner - gap, m, corner, inside, min_pixels):
-                _add(m, grown, half, centre, corner, clustered=clustered)
+                _add(i, m, grown, half, centre, corner, clustered=clustered)
                 break
     placed = len(rows["label"])
     if placed < len(masks):
         log.info("placed %s of %s cells (canvas full)", placed, len(masks))
     table = {k: np.asarray(v) for k, v in rows.items()}
     return Population(labels=labels, table=table, requested=len(masks))
+
+
+#: a daughter nucleus' area relative to its mother's: half the volume, as a sphere's section
+DAUGHTER_AREA = 0.5 ** (2 / 3)
+
+
+def divide(
+    masks: Sequence[np.ndarray], fraction: float, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[tuple[int, int]]]:
+    """Turn a ``fraction`` of the cells into daughters of a recent division: pairs of sisters,
+    each pair in place of two of ``masks`` (so as many cells as before).
+
+    A mother (a 2D mask) is shrunk to :data:`DAUGHTER_AREA` of its area (half its volume) and
+    its two daughters are that mask and the mask turned by 180 degrees: mirror images facing
+    each other across the division plane whichever way :func:`place_cells` puts them together.
+    Returns the masks and the ``(i, j)`` sister pairs for :func:`place_cells`' ``pairs``. No
+    random numbers are drawn for ``fraction`` 0, so other draws stay as they were.
+    """
+    from skimage.transform import rescale
+
+    if not 0.0 <= fraction <= 1.0:
+        raise CellsynthInputError(f"division fraction must be in [0, 1], got {fraction}")
+    out = [np.asarray(m, bool) for m in masks]
+    n_pairs = int(rng.binomial(len(out) // 2, fraction)) if fraction > 0 and len(out) > 1 else 0
+    if n_pairs == 0:
+        return out, []
+    chosen = rng.choice(len(out), size=2 * n_pairs, replace=False)
+    pairs = []
+    for i, j in chosen.reshape(-1, 2):
+        mother = out[i]
+        if mother.ndim != 2:
+            raise CellsynthInputError(f"cells divide as 2D masks, got {mother.ndim}D")
+        d = rescale(mother.astype(np.float32), np.sqrt(DAUGHTER_AREA), order=1) > 0.5
+        if not d.any():  # a mother of a few pixels: a one-pixel daughter
+            d = np.ones((1, 1), bool)
+        ys, xs = np.nonzero(d)
+        d = d[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
+        out[i], out[j] = d, d[::-1, ::-1].copy()
+        pairs.append((int(i), int(j)))
+    return out, pairs
 
 
 def _contact(labels, m, centres, halves, partners, free_axes, rng, tries, min_inside, min_pixels):

@@ -42,6 +42,7 @@ from cellsynth.population import (
     MIN_CUT_PIXELS,
     Population,
     cells_for_canvas,
+    divide,
     place_cells,
     touch_prob,
 )
@@ -135,6 +136,9 @@ class SynthesisParams:
     # frames' nearest-neighbour distances, else 0.3)
     cluster_prob: float | None = None
     touching: float | None = None  # fraction of cells touching another (None: the data's)
+    # fraction of cells that are daughters of a recent division: touching pairs of sisters of
+    # one size, shape and brightness (:func:`cellsynth.population.divide`); 0: none
+    divisions: float = 0.0
     steps: int | None = None  # texture DDIM steps (None: the bundle's default)
     mask_steps: int | None = None
     seed: int = 0
@@ -184,6 +188,8 @@ class SynthesisParams:
             raise CellsynthInputError(f"--cells must be >= 0, got {self.cells}")
         if self.touching is not None and not 0.0 <= self.touching <= 1.0:
             raise CellsynthInputError(f"--touching must be between 0 and 1, got {self.touching}")
+        if not 0.0 <= self.divisions <= 1.0:
+            raise CellsynthInputError(f"--divisions must be between 0 and 1, got {self.divisions}")
         if self.cluster_prob is not None and not 0.0 <= self.cluster_prob <= 1.0:
             raise CellsynthInputError(
                 f"--cluster-prob must be between 0 and 1, got {self.cluster_prob}"
@@ -238,23 +244,35 @@ class Synthesizer:
         return out, "data"
 
     def drawn_brightness(
-        self, labels: np.ndarray, params: SynthesisParams
+        self, labels: np.ndarray, params: SynthesisParams, sisters: np.ndarray | None = None
     ) -> tuple[np.ndarray, float, FrameBrightness] | None:
         """For a brightness-conditioned texture model: the brightness of each cell, the
         background level and the training frame they are drawn from (``None`` for older
-        bundles)."""
+        bundles). ``sisters`` (each label's sister's label, else 0; label 1 first) share the
+        brightness of the first of the two."""
         if not brightness_conditioned(self.bundle.texture_cfg):
             return None
         rng = np.random.default_rng(np.random.SeedSequence(params.seed).spawn(3)[2])
-        return draw_frame_brightness(labels, self.bundle.brightness_frames, rng)
+        lut, background, frame = draw_frame_brightness(labels, self.bundle.brightness_frames, rng)
+        if sisters is not None:
+            for lab, sister in enumerate(np.asarray(sisters, np.int64), start=1):
+                if lab < sister < lut.size:
+                    lut[sister] = lut[lab]
+        return lut, background, frame
 
     def painted(
-        self, labels: np.ndarray, params: SynthesisParams, gen: torch.Generator, **kw: Any
+        self,
+        labels: np.ndarray,
+        params: SynthesisParams,
+        gen: torch.Generator,
+        sisters: np.ndarray | None = None,
+        **kw: Any,
     ) -> tuple[np.ndarray, str, FrameBrightness | None]:
         """The texture model's image of ``labels`` with the cells' brightness: as a condition
-        of the model (4-channel texture models), else drawn after painting (--brightness data)."""
+        of the model (4-channel texture models; ``sisters`` alike), else drawn after painting
+        (--brightness data)."""
         b = self.bundle
-        drawn = self.drawn_brightness(labels, params)
+        drawn = self.drawn_brightness(labels, params, sisters)
         strength = self.exemplar_strength(labels, params)
         if strength < 1.0:
             if drawn is not None:
@@ -508,6 +526,7 @@ class Synthesizer:
             else cells_for_canvas(b.density * params.density_factor, params.size, rng)
         )
         masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
+        masks, sisters = divide(masks, params.divisions, rng)
         cluster_prob, band = self.clustering(params)
         return place_cells(
             masks,
@@ -520,6 +539,7 @@ class Synthesizer:
             # half of each cell inside)
             edge_cut=self.bundle.cells.edge_cut,
             min_pixels=self.min_cut_area(),
+            pairs=sisters,
         )
 
     def min_cut_area(self) -> int:
@@ -561,7 +581,7 @@ class Synthesizer:
         pop = self.population(params, rng, gen)
         n = pop.requested
         t1 = t2 = time.perf_counter()
-        image, brightness, frame = self.painted(pop.labels, params, gen)
+        image, brightness, frame = self.painted(pop.labels, params, gen, pop.table["sister"])
         blur, edge = self.blur(params), self.edge_blur(params)
         image = optical_blur(edge_blur(image, pop.labels, edge), blur)
         image = self.background(image, pop.labels, params, frame)
@@ -672,6 +692,7 @@ class Synthesizer:
         )
         t0 = time.perf_counter()
         masks = self.cell_masks(n, rng, gen, params.mask_steps, params.size_factor)
+        masks, sisters = divide(masks, params.divisions, rng)
         t1 = time.perf_counter()
         vols, timing = self.cell_volumes(list(masks), anisotropy, rng, gen)
         t2 = time.perf_counter()
@@ -689,10 +710,13 @@ class Synthesizer:
             # cells widest near the first slice have half of themselves below it, as the
             # training cells do
             min_inside=0.5 if z_centres is None else 0.25,
+            pairs=sisters,
         )
         t3 = time.perf_counter()
         rho = self.rho(params)
-        image, brightness, frame = self.painted(pop.labels, params, gen, rho=rho)
+        image, brightness, frame = self.painted(
+            pop.labels, params, gen, pop.table["sister"], rho=rho
+        )
         image = self.background(image, pop.labels, params, frame)
         t4 = time.perf_counter()
         info = asdict(params)

@@ -141,6 +141,15 @@ class SynthesizeWidget(Container):
             tooltip="probability that a cell is placed next to others; -1 uses the bundle's, "
             "fitted to its training frames' nearest-neighbour distances (0.3 for older bundles)",
         )
+        self.divisions = FloatSpinBox(
+            label="dividing cells",
+            value=defaults.divisions,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="fraction of cells drawn as daughters of a recent division: touching pairs "
+            "of sisters of one size, shape and brightness (0 = none)",
+        )
         self.blur = _bundles_or(
             "blur px (-1 = bundle's)",
             10.0,
@@ -203,6 +212,7 @@ class SynthesizeWidget(Container):
                 self.rho,
                 self.cells,
                 self.cluster,
+                self.divisions,
                 self.blur,
                 self.edge_blur,
                 self.steps,
@@ -248,6 +258,7 @@ class SynthesizeWidget(Container):
             rho=float(self.rho.value) if three and self.rho.value >= 0 else None,
             cells=int(self.cells.value) or None,
             cluster_prob=float(self.cluster.value) if self.cluster.value >= 0 else None,
+            divisions=float(self.divisions.value),
             blur=float(self.blur.value) if self.blur.value >= 0 else None,
             edge_blur=float(self.edge_blur.value) if self.edge_blur.value >= 0 else None,
             steps=int(self.steps.value) or None,

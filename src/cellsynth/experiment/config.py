@@ -73,6 +73,7 @@ SETTINGS: dict[str, tuple[tuple[type, tuple[str, ...]], ...]] = {
                 "edge_blur",
                 "density_factor",
                 "touching",
+                "divisions",
             ),
         ),
     ),
@@ -313,7 +314,7 @@ VALUE_TYPES: dict[str, dict[str, tuple[str, float | None, float | None]]] = {
         "cluster_prob": (_NUM, 0, 1), "brightness": (_STR, None, None),
         "exemplar_strength": (_NUM, 0.01, 1), "blur": (_NUM, 0, 10),
         "edge_blur": (_NUM, 0, 10), "density_factor": (_NUM, 0.05, 20),
-        "touching": (_NUM, 0, 1),
+        "touching": (_NUM, 0, 1), "divisions": (_NUM, 0, 1),
     },
     "training": {
         "epochs": (_INT, 1, None), "nimg_per_epoch": (_INT, 1, None), "seed": (_INT, None, None),
