@@ -97,6 +97,18 @@ def synthesize_and_curate() -> None:
     viewer.close()
 
 
+def synthesize_divisions() -> None:
+    """Half of the cells drawn as daughters of a division (touching sister pairs)."""
+    viewer = _viewer()
+    w = _widget(viewer, "Synthesize")
+    w.canvas_h.value, w.canvas_w.value, w.seed.value = 360, 360, 3
+    w.divisions.value = 0.5
+    w.run_btn.clicked.emit()
+    _wait(w.job)
+    _grab(viewer, "widget_synthesize_divisions.png")
+    viewer.close()
+
+
 def synthesize_3d() -> None:
     """A 3D stack in napari: the 3D view (rendered labels) and a slice with the grid view."""
     viewer = _viewer()
@@ -145,6 +157,7 @@ STEPS = {
     "learn": learn,
     "synthesize": synthesize_and_curate,
     "synthesize_3d": synthesize_3d,
+    "synthesize_divisions": synthesize_divisions,
     "finetune": finetune,
 }
 
