@@ -226,6 +226,8 @@ def test_widget_defaults_are_the_core_settings_defaults(make_napari_viewer_proxy
     assert synth.params() == SynthesisParams()  # texture steps 0 = the bundle's (None)
     synth.exemplar.value = 0.4  # exemplar strength: 0 = the bundle's, else passed on
     assert synth.params().exemplar_strength == pytest.approx(0.4)
+    synth.divisions.value = 0.5  # dividing cells: passed on as they are (default 0, none)
+    assert synth.params().divisions == pytest.approx(0.5)
     synth.dims.value = "3D"
     # 3D stacks start from exemplars too (3D bundles holding them); the blurs are 2D only
     assert not synth.exemplar.native.isHidden() and synth.blur.native.isHidden()
