@@ -339,7 +339,7 @@ def _synthesis_params(args: argparse.Namespace) -> Any:
         cells=args.cells,
         cluster_prob=args.cluster_prob,
         touching=args.touching,
-        divisions=getattr(args, "divisions", 0.0),
+        divisions=args.divisions,
         density_factor=args.density_factor,
         steps=args.steps,
         seed=args.seed,
